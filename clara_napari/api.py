@@ -1,0 +1,45 @@
+"""The notebook API: ``segment``, ``read_volume``, ``write_volume``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .core.apps import App, resolve_app
+from .core.backends import open_backend
+from .core.pipeline import Segmentation, segment_volume
+from .core.progress import CancelToken, Progress
+from .core.volume import Volume, read_volume, write_volume
+
+__all__ = ["segment", "run_app", "read_volume", "write_volume", "Volume"]
+
+
+def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
+            progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
+            **server_options) -> Segmentation:
+    """Run an app on one volume and return the full :class:`Segmentation` (all writers' outputs, timings)."""
+    volume = volume_or_path if isinstance(volume_or_path, Volume) else read_volume(volume_or_path)
+    app = app if isinstance(app, App) else resolve_app(app)
+    config = app.config
+    backend = open_backend(server, threads=threads, app=app, **server_options)
+    try:
+        model = backend.open(app.model_repository, config.model_name, input_name=config.inferer.input_name,
+                             output_name=config.inferer.output_name, version=config.inferer.model_version,
+                             inferer=config.inferer, model_loader=config.model_loader)
+        try:
+            return segment_volume(volume, config, model, progress=progress, cancel=cancel)
+        finally:
+            model.close()
+    finally:
+        backend.close()
+
+
+def segment(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
+            progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
+            **server_options) -> Volume:
+    """Segment a volume (or a path) with an app and return the label :class:`Volume`.
+
+    ``server``: ``"local"`` (onnxruntime in process), a Triton address, or ``None`` for the
+    default (``$NVIDIA_CLARA_TRTISURI``, else an embedded Triton server). The labels have the
+    input's size, spacing, origin and direction exactly.
+    """
+    return run_app(volume_or_path, app, server=server, progress=progress, cancel=cancel, threads=threads,
+                   **server_options).labels

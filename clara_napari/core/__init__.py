@@ -1,0 +1,1 @@
+"""Everything that runs without Qt or napari: volumes, configs, engine, backends, writers."""

@@ -1,0 +1,111 @@
+"""Apps: folders holding a ``config_inference.json`` (+ ``config_render.json``, README, models).
+
+An app's model repository is its ``models/`` folder (or a link to one) when it has one, else the
+bundled ``sample_data/models``. Bundled apps live in the repository's ``config/`` folder (or,
+for a non-editable install, ``<prefix>/share/clara-napari/config``); ``CLARA_NAPARI_APPS`` may
+name more folders of apps (``:``-separated).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from .config import InferenceConfig, load_config
+from .errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_APP = "brain_extraction_t1"
+
+
+def _data_roots() -> list[Path]:
+    return [PACKAGE_ROOT, Path(sys.prefix) / "share" / "clara-napari"]
+
+
+def sample_data_dir() -> Path:
+    for root in _data_roots():
+        if (root / "sample_data").is_dir():
+            return root / "sample_data"
+    return PACKAGE_ROOT / "sample_data"
+
+
+def bundled_model_repository() -> Path:
+    return sample_data_dir() / "models"
+
+
+def app_search_path() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("CLARA_NAPARI_APPS", "").split(os.pathsep) if p]
+    return extra + [root / "config" for root in _data_roots() if (root / "config").is_dir()]
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    folder: Path
+    #: a config file not named ``config_inference.json`` (``--app my_config.json``)
+    config_file: Path | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.config_file or self.folder / "config_inference.json"
+
+    @property
+    def render_config_path(self) -> Path | None:
+        path = self.folder / "config_render.json"
+        return path if path.is_file() else None
+
+    @property
+    def logging_config_path(self) -> Path | None:
+        path = self.folder / "logging_config.json"
+        return path if path.is_file() else None
+
+    @property
+    def model_repository(self) -> Path:
+        own = self.folder / "models"
+        return own.resolve() if own.is_dir() else bundled_model_repository()
+
+    def placeholders(self, output_dir: Path | None = None) -> dict[str, str]:
+        return {
+            "APP_DIR": str(self.folder),
+            "MODEL_REPOSITORY": str(self.model_repository),
+            "MMAR_ROOT": str(self.folder),
+            "MMAR_EVAL_OUTPUT_PATH": str(output_dir or Path.cwd()),
+        }
+
+    def load_config(self, output_dir: Path | None = None) -> InferenceConfig:
+        return load_config(self.config_path, self.placeholders(output_dir))
+
+    @cached_property
+    def config(self) -> InferenceConfig:
+        return self.load_config()
+
+
+def resolve_app(name_or_path: str | Path | None = None) -> App:
+    """A bundled app by name, an app folder, or a ``config_inference.json`` path."""
+    target = str(name_or_path or os.environ.get("NVIDIA_CLARA_CONFIG_INFERENCE") or DEFAULT_APP)
+    path = Path(target).expanduser()
+    if path.is_file():
+        if path.suffix != ".json":
+            raise ConfigError(f"{path}: an app is a folder or a config_inference.json file.")
+        return App(name=path.parent.name, folder=path.parent.resolve(), config_file=path.resolve())
+    if path.is_dir():
+        if not (path / "config_inference.json").is_file():
+            raise ConfigError(f"{path}: the app folder has no config_inference.json.")
+        return App(name=path.name, folder=path.resolve())
+    if os.sep not in target:
+        for root in app_search_path():
+            if (root / target / "config_inference.json").is_file():
+                return App(name=target, folder=(root / target).resolve())
+    known = ", ".join(a.name for a in list_apps()) or "none"
+    raise ConfigError(f"no app {target!r}: not a folder, not a config file, not a bundled app (bundled: {known}).")
+
+
+def list_apps() -> list[App]:
+    seen: dict[str, App] = {}
+    for root in app_search_path():
+        for folder in sorted(root.iterdir()):
+            if (folder / "config_inference.json").is_file() and folder.name not in seen:
+                seen[folder.name] = App(name=folder.name, folder=folder.resolve())
+    return list(seen.values())

@@ -1,0 +1,21 @@
+"""Backends run a model: in process (``local``), on a Triton server, or on an embedded one.
+
+``open_backend(server)`` picks one from what the user named:
+``"local"`` → onnxruntime in this process; ``"host:port"`` or a URL → that Triton server;
+``None`` → ``NVIDIA_CLARA_TRTISURI`` if set, else the app's inferer args, else a Triton server
+this package starts itself.
+"""
+from __future__ import annotations
+
+from .base import ModelHandle
+from .local import LocalBackend
+
+__all__ = ["ModelHandle", "LocalBackend", "open_backend"]
+
+
+def open_backend(server: str | None = None, *, threads: int | None = None, **options):
+    if server is not None and server.strip().lower() == "local":
+        return LocalBackend(threads=threads)
+    from .triton import TritonBackend
+
+    return TritonBackend(server, **options)

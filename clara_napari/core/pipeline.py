@@ -1,0 +1,135 @@
+"""The whole flow, top to bottom.
+
+    Volume → pre-transforms → windows → predictor → stitching → post-transforms → writers
+
+:func:`segment` is the one place where these steps meet; every step lives in its own module
+(``transforms``, ``windows``, ``backends``, ``writers``). Long work reports progress and
+honours a :class:`~clara_napari.core.progress.CancelToken`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .apps import App
+from .backends.base import ModelHandle, check_input_shape, fixed_window
+from .components import SimpleInferer, VolumeWriter
+from .config import InferenceConfig
+from .errors import Cancelled, ConfigError
+from .geometry import Grid, onto_grid
+from .progress import CancelToken, Progress
+from .transforms import FieldMeta, Sample
+from .transforms.spatial import LoadNifti
+from .volume import Volume
+from .windows import sliding_window
+
+log = logging.getLogger(__name__)
+
+#: ``stage(name)`` is told when a new stage starts (for status lines and logs).
+StageCallback = Callable[[str], None]
+
+
+@dataclass
+class Segmentation:
+    """What one run produced: one output volume per writer, on the input's grid."""
+
+    source: Volume
+    outputs: list[tuple[VolumeWriter, Volume]]
+    timings: dict[str, float] = field(default_factory=dict)
+    model: str = ""
+    backend: str = ""
+
+    @property
+    def labels(self) -> Volume:
+        """The first writer's output: the label map the operator contract writes."""
+        return self.outputs[0][1]
+
+
+def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, *,
+                   progress: Progress | None = None, cancel: CancelToken | None = None,
+                   stage: StageCallback | None = None) -> Segmentation:
+    """Run one app (``config``) with one model handle on ``volume``."""
+    stage = stage or (lambda name: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("the inference was cancelled.")
+
+    # 1. pre-transforms (Clara's (x, y, z) channels-first arrays from here on)
+    stage("pre-transforms")
+    sample = Sample(image=volume)
+    for transform in config.pre_transforms:
+        transform(sample)
+    if isinstance(sample["image"], Volume):   # a config without a Load transform
+        LoadNifti(fields=["image"])(sample)
+    image = sample.array("image", "inferer")
+    if image.ndim == 3:
+        image = image[None]
+    lap("pre_transforms")
+
+    # 2. windows → predictor → stitching
+    stage("inference")
+    prediction = _infer(image, config, model, progress, cancel)
+    sample.put("model", prediction, sample.meta["image"].copy(is_label=False))
+    lap("inference")
+
+    # 3. post-transforms
+    stage("post-transforms")
+    for transform in config.post_transforms:
+        transform(sample)
+    lap("post_transforms")
+
+    # 4. writers' fields, back on the input's grid with the input's geometry, bit for bit
+    outputs = [(writer, _to_volume(sample, writer, volume)) for writer in config.writers]
+    lap("restore_geometry")
+    return Segmentation(source=volume, outputs=outputs, timings=timings, model=model.spec.name,
+                        backend=model.description)
+
+
+def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progress: Progress | None,
+           cancel: CancelToken | None) -> np.ndarray:
+    inferer = config.inferer
+    tensor = model.input
+    batch_size = inferer.batch_size or config.batch_size
+    if config.scanning:
+        roi = inferer.roi_size or fixed_window(model.spec, tensor)
+        if roi is None:
+            raise ConfigError(f"{config.file}: inferer.args.roi_size: the model {model.spec.name!r} has no fixed "
+                              f"window size (dims {list(tensor.dims)}); set roi_size [x, y, z].")
+        check_input_shape(model.spec, tensor, (image.shape[0], *roi), model.spec.name)
+        return sliding_window(image, model, roi, overlap=inferer.overlap, blending=inferer.blending,
+                              batch_size=batch_size, in_flight=inferer.requests_in_flight,
+                              pad_value=inferer.pad_value, progress=progress, cancel=cancel)
+    multiple = inferer.pad_to_multiple if isinstance(inferer, SimpleInferer) else 1
+    roi = [int(np.ceil(s / multiple) * multiple) for s in image.shape[1:]]
+    check_input_shape(model.spec, tensor, (image.shape[0], *roi), model.spec.name)
+    # one window of the whole (padded) volume: the engine pads, predicts once and crops
+    return sliding_window(image, model, roi, overlap=0.0, blending="constant", batch_size=1,
+                          pad_value=inferer.pad_value, progress=progress, cancel=cancel)
+
+
+def _to_volume(sample: Sample, writer: VolumeWriter, source: Volume) -> Volume:
+    array = sample.array(writer.field, f"writer for {writer.field!r}")
+    meta: FieldMeta = sample.meta[writer.field]
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise ConfigError(f"writers: field {writer.field!r} has {array.shape[0]} channels; reduce it to one "
+                              "(e.g. ArgmaxAcrossChannels) before writing.")
+        array = array[0]
+    target = Grid.of(source)
+    array = onto_grid(array, meta.grid, target, is_label=writer.is_label or meta.is_label)
+    if tuple(array.shape) != target.size:
+        raise ConfigError(f"writers: field {writer.field!r} could not be brought back to the input grid.")
+    return source.with_array(np.ascontiguousarray(array.transpose(2, 1, 0).astype(writer.dtype)),
+                             path=Path(source.path) if source.path else None)

@@ -1,0 +1,362 @@
+"""Volumes: one type for every format, read and written with SimpleITK.
+
+A :class:`Volume` holds the voxels in (z, y, x) order — what SimpleITK's ``GetArrayFromImage``
+and napari use — and the geometry in SimpleITK's (x, y, z) conventions: ``spacing`` and
+``origin`` are 3-tuples, ``direction`` the 3x3 direction cosines flattened row by row.
+Geometry is carried as the exact Python floats SimpleITK gave, so it survives every
+read/write bit for bit (MetaImage headers are written with 17 significant digits).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .atomic import commit, staging_dir
+from .errors import VolumeError
+
+#: File name endings read as one volume each (longest first so ``.nii.gz`` wins over ``.gz``).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
+#: What :func:`write_volume` writes.
+WRITE_SUFFIXES = (".mhd", ".mha", ".nii.gz", ".nii", ".nrrd")
+#: Refuse volumes larger than this many bytes before reading their voxels.
+MAX_VOXEL_BYTES = 16 * 1024**3
+
+_MET_BYTES = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+    "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
+
+
+@dataclasses.dataclass(eq=False)
+class Volume:
+    """Voxels in (z, y, x) order plus SimpleITK (x, y, z) geometry."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    path: Path | None = None
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(v) for v in self.spacing)
+        self.origin = tuple(float(v) for v in self.origin)
+        self.direction = tuple(float(v) for v in self.direction)
+        if self.array.ndim not in (3, 4) or len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
+            raise VolumeError(f"{self.name}: a volume needs a 3D array (z, y, x[, c]) and 3D geometry, got {self.array.shape}.")
+
+    # -- geometry ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The source file name without its volume extension (``ct.nii.gz`` → ``ct``)."""
+        return volume_stem(self.path) if self.path is not None else "volume"
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """Voxel counts in SimpleITK's (x, y, z) order."""
+        z, y, x = self.array.shape[:3]
+        return (x, y, z)
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    @property
+    def is_oblique(self) -> bool:
+        """True when the axes are not a permutation/flip of the world axes."""
+        d = np.abs(self.direction_matrix)
+        return not np.allclose(np.sort(d, axis=0)[:-1], 0.0, atol=1e-6)
+
+    def geometry(self) -> dict[str, tuple[float, ...]]:
+        return {"spacing": self.spacing, "origin": self.origin, "direction": self.direction}
+
+    def same_grid(self, other: "Volume") -> bool:
+        """Same size, spacing, origin and direction, exactly."""
+        return self.size == other.size and self.geometry() == other.geometry()
+
+    def with_array(self, array: np.ndarray, **changes: Any) -> "Volume":
+        """A new volume with this one's geometry (and path/metadata) and another array."""
+        return dataclasses.replace(self, array=array, metadata=dict(self.metadata), **changes)
+
+    def physical_volume_ml(self, mask: np.ndarray | None = None) -> float:
+        """Volume in millilitres of the non-zero voxels of ``mask`` (default: this array)."""
+        voxels = np.count_nonzero(self.array if mask is None else mask)
+        return voxels * math.prod(self.spacing) / 1000.0
+
+    # -- SimpleITK --------------------------------------------------------------------------
+    def to_sitk(self):
+        import SimpleITK as sitk
+
+        array = self.array
+        if array.dtype == np.bool_:
+            array = array.astype(np.uint8)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=array.ndim == 4)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    @classmethod
+    def from_sitk(cls, image, path: Path | None = None, metadata: dict[str, str] | None = None) -> "Volume":
+        import SimpleITK as sitk
+
+        return cls(
+            array=sitk.GetArrayFromImage(image),
+            spacing=image.GetSpacing(),
+            origin=image.GetOrigin(),
+            direction=image.GetDirection(),
+            path=None if path is None else Path(path),
+            metadata=dict(metadata or {}),
+        )
+
+
+def volume_stem(path: Path | str) -> str:
+    """File name without the volume extension; a DICOM folder keeps its name."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES + (".dcm",):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_volume_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_volume(path: str | Path, *, allow_channels: bool = False) -> Volume:
+    """Read a NIfTI, MetaImage, NRRD file or a folder holding one DICOM series.
+
+    Refuses (with :class:`VolumeError` naming the file) empty, unreadable or malformed files,
+    2D and 4D+ images (multi-component voxels only with ``allow_channels``), sizes that would
+    not fit in memory, and non-finite voxels.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"{path}: no such file or folder.")
+    if path.is_dir():
+        return _read_dicom_series(path, allow_channels=allow_channels)
+    if not path.name.lower().endswith(VOLUME_SUFFIXES):
+        raise VolumeError(f"{path}: not a supported volume format (expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder).")
+    try:
+        if path.stat().st_size == 0:
+            raise VolumeError(f"{path}: the file is empty.")
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise VolumeError(f"{path}: permission denied.") from None
+    if path.suffix.lower() in (".mhd", ".mha"):
+        _check_metaimage_header(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise VolumeError(f"{path}: cannot read the header ({_itk_reason(exc)}).") from None
+    _check_information(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(),
+                       reader.GetPixelID(), allow_channels)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeError(f"{path}: cannot read the voxels ({_itk_reason(exc)}).") from None
+    metadata = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if _printable(image.GetMetaData(k))}
+    return _finish(Volume.from_sitk(image, path, metadata))
+
+
+def _read_dicom_series(folder: Path, *, allow_channels: bool) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:
+        raise VolumeError(f"{folder}: cannot scan the folder for DICOM files ({_itk_reason(exc)}).") from None
+    if not series:
+        raise VolumeError(f"{folder}: the folder holds no DICOM series.")
+    if len(series) > 1:
+        listed = ", ".join(f"{sid} ({len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid))} files)" for sid in series)
+        raise VolumeError(f"{folder}: the folder holds {len(series)} DICOM series, choose one: {listed}.")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeError(f"{folder}: cannot read the DICOM series ({_itk_reason(exc)}).") from None
+    _check_information(folder, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(),
+                       image.GetPixelID(), allow_channels)
+    metadata = {}
+    if reader.GetMetaDataKeys(0):
+        metadata = {k: reader.GetMetaData(0, k) for k in reader.GetMetaDataKeys(0) if _printable(reader.GetMetaData(0, k))}
+    metadata["dicom_series_uid"] = series[0]
+    return _finish(Volume.from_sitk(image, folder, metadata))
+
+
+def _check_information(path: Path, dimension: int, size: Iterable[int], components: int, pixel_id: int,
+                       allow_channels: bool) -> None:
+    import SimpleITK as sitk
+
+    size = tuple(size)
+    if dimension < 3 or (dimension == 3 and min(size) <= 1):
+        raise VolumeError(f"{path}: the image is 2D (size {'x'.join(map(str, size))}); a 3D volume is needed.")
+    if dimension > 3:
+        raise VolumeError(f"{path}: the image is {dimension}D (size {'x'.join(map(str, size))}); a 3D volume is needed.")
+    if components > 1 and not allow_channels:
+        raise VolumeError(f"{path}: the voxels have {components} components; a single-channel volume is needed.")
+    item = sitk.Image([1, 1], pixel_id).GetSizeOfPixelComponent()
+    total = math.prod(size) * max(components, 1) * item
+    if total > MAX_VOXEL_BYTES:
+        raise VolumeError(f"{path}: the header declares {total / 1024**3:.1f} GiB of voxels, more than the "
+                          f"{MAX_VOXEL_BYTES / 1024**3:.0f} GiB this tool reads.")
+
+
+def _finish(volume: Volume) -> Volume:
+    array = volume.array
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise VolumeError(f"{volume.path}: {bad} voxels are not finite (NaN or infinite).")
+    return volume
+
+
+def _check_metaimage_header(path: Path) -> None:
+    """Refuse lying or hostile MetaImage headers before SimpleITK allocates anything."""
+    try:
+        raw = path.read_bytes()[: 64 * 1024] if path.suffix.lower() == ".mhd" else _mha_header_bytes(path)
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise VolumeError(f"{path}: not a MetaImage header (it is not text).") from None
+    fields = {}
+    for line in text.splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break
+    if "DimSize" not in fields or "ElementType" not in fields or "ElementDataFile" not in fields:
+        raise VolumeError(f"{path}: not a MetaImage header (DimSize, ElementType or ElementDataFile missing).")
+    try:
+        dims = [int(v) for v in fields["DimSize"].split()]
+    except ValueError:
+        raise VolumeError(f"{path}: DimSize '{fields['DimSize']}' is not a list of whole numbers.") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise VolumeError(f"{path}: DimSize '{fields['DimSize']}' must list positive sizes.")
+    element = fields["ElementType"]
+    if element not in _MET_BYTES:
+        raise VolumeError(f"{path}: unknown ElementType '{element}'.")
+    channels = int(fields.get("ElementNumberOfChannels", "1") or 1)
+    expected = math.prod(dims) * _MET_BYTES[element] * channels
+    if expected > MAX_VOXEL_BYTES:
+        raise VolumeError(f"{path}: the header declares {expected / 1024**3:.1f} GiB of voxels, more than the "
+                          f"{MAX_VOXEL_BYTES / 1024**3:.0f} GiB this tool reads.")
+    data_file = fields["ElementDataFile"]
+    if data_file == "LOCAL" or data_file.startswith("LIST") or "%" in data_file:
+        return
+    target = (path.parent / data_file).resolve()
+    if Path(data_file).is_absolute() or path.parent.resolve() not in target.parents:
+        raise VolumeError(f"{path}: ElementDataFile '{data_file}' points outside the header's folder; refused.")
+    if not target.is_file():
+        raise VolumeError(f"{path}: the data file '{data_file}' named by ElementDataFile is missing.")
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    if not compressed and target.stat().st_size < expected:
+        raise VolumeError(f"{path}: the data file '{data_file}' holds {target.stat().st_size} bytes, "
+                          f"the header declares {expected}; it is truncated.")
+
+
+def _mha_header_bytes(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        head = fh.read(64 * 1024)
+    end = head.find(b"ElementDataFile")
+    if end < 0:
+        return head[:4096]
+    stop = head.find(b"\n", end)
+    return head[: stop if stop >= 0 else len(head)]
+
+
+def _itk_reason(exc: BaseException) -> str:
+    """The useful last line of an ITK exception, without the C++ file and line noise."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.lower().startswith("description:"):
+            return line.split(":", 1)[1].strip()
+    text = lines[-1] if lines else type(exc).__name__
+    text = re.sub(r"^.*?\.(cxx|h|hxx|cpp):\d+:\s*", "", text)
+    return text[:200]
+
+
+def _printable(value: str) -> bool:
+    return len(value) < 4096 and value.isprintable()
+
+
+# -- writing ---------------------------------------------------------------------------------
+def write_volume(volume: Volume, path: str | Path, *, compress: bool = False, overwrite: bool = True,
+                 forbid: Iterable[Path] = ()) -> Path:
+    """Write ``volume`` to ``path`` (``.mhd`` + ``.raw``, ``.mha``, ``.nii[.gz]`` or ``.nrrd``).
+
+    Files are written under a temporary folder beside the target and renamed into place, data
+    file before header, so no partial file is ever visible. ``forbid`` lists paths that must never
+    be written (the inputs); the volume's own source path is always among them.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.name.lower().endswith(WRITE_SUFFIXES):
+        raise VolumeError(f"{path}: cannot write this format (use one of {', '.join(WRITE_SUFFIXES)}).")
+    names = [path.name]
+    if path.suffix.lower() == ".mhd":
+        names.insert(0, path.name[:-4] + (".zraw" if compress else ".raw"))
+    protected = {Path(p).resolve() for p in forbid}
+    if volume.path is not None:
+        protected.add(Path(volume.path).resolve())
+    for name in names:
+        target = (path.parent / name).resolve()
+        if target in protected:
+            raise VolumeError(f"{path}: refusing to write over the input file {target}.")
+        if target.exists() and not overwrite:
+            raise VolumeError(f"{path.parent / name}: exists already (use --overwrite to replace it).")
+    try:
+        with staging_dir(path.parent) as staging:
+            sitk.WriteImage(volume.to_sitk(), str(staging / path.name), compress)
+            return commit(staging, path.parent, names)[-1]
+    except RuntimeError as exc:
+        raise VolumeError(f"{path}: cannot write ({_itk_reason(exc)}).") from None
+    except OSError as exc:
+        raise VolumeError(f"{path}: cannot write ({exc.strerror or exc}).") from None
+
+
+def find_volumes(folder: str | Path) -> list[Path]:
+    """Volumes in ``folder``, sorted: supported files, and sub-folders holding DICOM files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VolumeError(f"{folder}: the input folder does not exist.")
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if is_volume_file(entry):
+            found.append(entry)
+        elif entry.is_dir() and looks_like_dicom_folder(entry):
+            found.append(entry)
+    return found
+
+
+def looks_like_dicom_folder(folder: Path) -> bool:
+    for entry in folder.iterdir():
+        if entry.is_file():
+            if entry.suffix.lower() == ".dcm":
+                return True
+            try:
+                with open(entry, "rb") as fh:
+                    fh.seek(128)
+                    if fh.read(4) == b"DICM":
+                        return True
+            except OSError:
+                continue
+    return False
