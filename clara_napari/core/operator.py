@@ -17,7 +17,7 @@ from .backends import open_backend
 from .errors import Cancelled, ClaraNapariError, VolumeError
 from .pipeline import Segmentation, segment_volume
 from .progress import CancelToken, Progress
-from .volume import find_volumes, looks_like_dicom_folder, read_volume, volume_stem, write_volume
+from .volume import find_volumes, looks_like_dicom_folder, read_volume, safe_stem, volume_stem, write_volume
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,6 @@ def planned_outputs(options: RunOptions, source: Path) -> list[Path]:
             for i, w in enumerate(config.writers)]
 
 
-def safe_stem(stem: str) -> str:
-    """An output name that cannot leave the output folder or hide itself."""
-    cleaned = "".join(c if (c.isalnum() or c in "-_.+") else "_" for c in stem).lstrip(".")
-    return cleaned or "volume"
-
-
 def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None = None,
         report: Callable[[VolumeResult], None] | None = None, cancel: CancelToken | None = None) -> list[VolumeResult]:
     """Process every input volume; returns one result per volume (failures included)."""
@@ -94,7 +88,7 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
                              model_loader=config.model_loader)
         try:
             for source in inputs:
-                result = _run_one(options, source, model, progress_for, cancel)
+                result = _run_one(options, source, model, progress_for, cancel, multi=len(inputs) > 1)
                 results.append(result)
                 if report:
                     report(result)
@@ -105,7 +99,7 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
     return results
 
 
-def _run_one(options: RunOptions, source: Path, model, progress_for, cancel) -> VolumeResult:
+def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, multi: bool = False) -> VolumeResult:
     start = time.perf_counter()
     config = options.app.config
     try:
@@ -125,7 +119,10 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel) -> 
         if options.publish is not None:
             from .publish import write_publish_bundle
 
-            written += write_publish_bundle(options.publish, segmentation, options.app,
+            # one volume: the bundle at the publish root, as the original operator wrote it;
+            # several: one sub-folder per volume, named like its output
+            folder = options.publish / safe_stem(volume_stem(source)) if multi else options.publish
+            written += write_publish_bundle(folder, segmentation, options.app,
                                             fmt=options.publish_format, overwrite=options.overwrite)
         seconds = time.perf_counter() - start
         return VolumeResult(source, True, f"{source.name}: wrote {', '.join(p.name for p in written[:1])} "

@@ -96,6 +96,8 @@ class Volume:
         array = self.array
         if array.dtype == np.bool_:
             array = array.astype(np.uint8)
+        elif array.dtype == np.float16:  # SimpleITK has no half floats
+            array = array.astype(np.float32)
         image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=array.ndim == 4)
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
@@ -123,6 +125,12 @@ def volume_stem(path: Path | str) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def safe_stem(stem: str) -> str:
+    """An output name that cannot leave the output folder or hide itself."""
+    cleaned = "".join(c if (c.isalnum() or c in "-_.+") else "_" for c in stem).lstrip(".")
+    return cleaned or "volume"
 
 
 def is_volume_file(path: Path) -> bool:
@@ -319,6 +327,8 @@ def write_volume(volume: Volume, path: str | Path, *, compress: bool = False, ov
         target = (path.parent / name).resolve()
         if target in protected:
             raise VolumeError(f"{path}: refusing to write over the input file {target}.")
+        if target.is_dir():
+            raise VolumeError(f"{path.parent / name}: is a folder; refusing to write over it.")
         if target.exists() and not overwrite:
             raise VolumeError(f"{path.parent / name}: exists already (use --overwrite to replace it).")
     try:

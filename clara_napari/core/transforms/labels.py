@@ -115,9 +115,14 @@ class _Morphology(FieldsMixin, Transform):
 
 @TRANSFORMS.register("KeepLargestCC")
 class KeepLargestCC(_Morphology):
-    """Keep the ``num_components`` largest connected components of each label (6-connected by default)."""
+    """Keep the ``num_components`` largest connected components of each label (6-connected by default).
+
+    ``min_size_ratio`` also drops kept components smaller than that fraction of the largest one
+    (e.g. 0.1 keeps both lungs but not a bubble of stomach gas).
+    """
 
     num_components: int = Field(1, ge=1)
+    min_size_ratio: float = Field(0.0, ge=0.0, le=1.0)
 
     def apply(self, array):
         from scipy import ndimage
@@ -126,10 +131,11 @@ class KeepLargestCC(_Morphology):
 
         def largest(mask):
             labelled, count = ndimage.label(mask, structure=structure)
-            if count <= self.num_components:
+            if count <= 1:
                 return mask
             sizes = np.bincount(labelled.ravel())[1:]
-            keep = np.argsort(sizes)[::-1][: self.num_components] + 1
+            keep = np.argsort(sizes)[::-1][: self.num_components]
+            keep = keep[sizes[keep] >= self.min_size_ratio * sizes.max()] + 1
             return np.isin(labelled, keep)
 
         return _per_label(array, largest)

@@ -1,0 +1,539 @@
+"""Triton Inference Server backend (KServe v2 protocol, HTTP or gRPC, via tritonclient).
+
+Wire rules: tensors always travel as binary (never JSON); system shared memory is used
+automatically when the server is on this host and accepts it (else the network); several
+requests are in flight (the engine's ``requests_in_flight``), each thread with its own client
+and its own shared-memory slot; inputs are cast to the model's datatype; each HTTP request stays
+under the server's input size limit; shapes and batch sizes are checked against the server's
+model config before the first request.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelMismatchError, ServerError
+from ..model_repository import ModelSpec, read_model_config, spec_from_proto
+from .base import pick_tensor
+
+log = logging.getLogger(__name__)
+
+#: Triton >= 2.59 refuses HTTP inputs above 64 MB by default; stay well under it.
+HTTP_MAX_REQUEST_BYTES = 60 * 1024 * 1024
+POLL_S = 0.5
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"}
+_REGIONS: "weakref.WeakSet[_ShmSlot]" = weakref.WeakSet()
+_COUNTER = itertools.count()
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+    protocol: str       # "http" or "grpc"
+    tls: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        scheme = {("http", False): "http", ("http", True): "https", ("grpc", False): "grpc", ("grpc", True): "grpcs"}
+        return f"{scheme[(self.protocol, self.tls)]}://{self.url}"
+
+    @property
+    def is_local(self) -> bool:
+        return self.host.lower() in _LOCAL_HOSTS or self.host.startswith("127.")
+
+
+def parse_address(text: str, protocol: str | None = None) -> Address:
+    """``host:port``, ``http[s]://host:port`` or ``grpc[s]://host:port`` → :class:`Address`."""
+    raw = text.strip()
+    scheme = ""
+    if "://" in raw:
+        scheme, raw = raw.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in ("http", "https", "grpc", "grpcs"):
+            raise ServerError(f"{text}: unknown scheme {scheme!r} (use http, https, grpc or grpcs).")
+    raw = raw.rstrip("/")
+    host, sep, port_text = raw.rpartition(":")
+    if not sep or not host:
+        host, port_text = raw, ""
+    proto = {"http": "http", "https": "http", "grpc": "grpc", "grpcs": "grpc"}.get(scheme, (protocol or "http").lower())
+    if not port_text:
+        port = 8001 if proto == "grpc" else 8000
+    elif port_text.isdigit() and 0 < int(port_text) < 65536:
+        port = int(port_text)
+    else:
+        raise ServerError(f"{text}: the port {port_text!r} is not a number between 1 and 65535.")
+    if not host:
+        raise ServerError(f"{text}: no host in the server address.")
+    return Address(host=host, port=port, protocol=proto, tls=scheme in ("https", "grpcs"))
+
+
+@dataclass
+class TransportOptions:
+    """How to talk to the server: protocol, shared memory, time limits, TLS and extra headers."""
+
+    protocol: str | None = None
+    shared_memory: bool | None = None      # None: automatic (same host and accepted)
+    timeout_s: float | None = None         # per request; default: the inferer's timeout_s
+    ready_timeout_s: float = 60.0          # waiting for server/model readiness
+    retries: int = 2                       # on connection errors, with backoff
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+    headers: dict[str, str] | None = None
+
+
+class TritonBackend:
+    """Resolves the server (named, from the environment, from the app, or embedded) and opens models."""
+
+    def __init__(self, server: str | None = None, *, app=None, threads: int | None = None, **options: Any) -> None:
+        self.server = server if server is not None else os.environ.get("NVIDIA_CLARA_TRTISURI") or None
+        self.app = app
+        self.threads = threads
+        self.options = TransportOptions(**options)
+        self.embedded = None
+        self.address: Address | None = None
+
+    @property
+    def description(self) -> str:
+        where = "embedded Triton" if self.embedded is not None else "Triton"
+        return f"{where} at {self.address}" if self.address else where
+
+    def resolve(self, inferer=None, repository: Path | None = None) -> Address:
+        if self.address is not None:
+            return self.address
+        protocol = self.options.protocol or (inferer.protocol.lower() if inferer is not None else None)
+        target = self.server or (inferer.address if inferer is not None else None)
+        if target:
+            self.address = parse_address(target, protocol)
+        else:
+            from ..apps import bundled_model_repository
+            from ..server import EmbeddedServer
+
+            repo = repository or (self.app.model_repository if self.app is not None else bundled_model_repository())
+            self.embedded = EmbeddedServer(repo, threads=self.threads).start()
+            port = self.embedded.ports["grpc" if protocol == "grpc" else "http"]
+            self.address = Address("127.0.0.1", port, protocol or "http")
+        return self.address
+
+    def open(self, repository: Path, model_name: str, *, input_name: str = "", output_name: str = "",
+             version: str = "", inferer=None, model_loader=None) -> "TritonModel":
+        address = self.resolve(inferer, repository)
+        expected = read_model_config(model_loader.model_spec_file_name) if model_loader is not None else None
+        in_flight = inferer.requests_in_flight if inferer is not None else 2
+        timeout = self.options.timeout_s or (inferer.timeout_s if inferer is not None else 120.0)
+        model = TritonModel(address, model_name, version=version, input_name=input_name, output_name=output_name,
+                            in_flight=in_flight, timeout_s=timeout, options=self.options, expected=expected)
+        model.description = f"{self.description} ({model.transport})"
+        return model
+
+    def list_models(self, repository: Path | None = None) -> list[str]:
+        address = self.resolve(None, repository)
+        client = make_client(address, self.options, 30.0)
+        wait_ready(client, address, self.options.ready_timeout_s)
+        rows = [f"server {address}"]
+        try:
+            index = client.get_model_repository_index()
+        except Exception as exc:
+            raise ServerError(f"Triton at {address}: cannot list the models ({_reason(exc)}).") from None
+        entries = index if isinstance(index, list) else [
+            {"name": m.name, "version": m.version, "state": m.state} for m in index.models]
+        for entry in entries:
+            line = f"{entry.get('name', ''):<28} version {entry.get('version') or '-':<4} {entry.get('state') or 'UNKNOWN'}"
+            if entry.get("state") == "READY":
+                with contextlib.suppress(Exception):
+                    spec = server_model_spec(client, address, entry["name"])
+                    line += ("  in " + ", ".join(t.describe() for t in spec.inputs) +
+                             "  out " + ", ".join(t.describe() for t in spec.outputs) +
+                             f"  max_batch {spec.max_batch_size}")
+            rows.append(line)
+        return rows
+
+    def close(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+        self.address = None
+
+
+# -- clients ---------------------------------------------------------------------------------
+def make_client(address: Address, options: TransportOptions, timeout_s: float):
+    try:
+        if address.protocol == "grpc":
+            import tritonclient.grpc as tgrpc
+
+            kwargs = {}
+            if address.tls:
+                kwargs = {"ssl": True, "root_certificates": options.ssl_ca, "private_key": options.ssl_key,
+                          "certificate_chain": options.ssl_cert}
+            return tgrpc.InferenceServerClient(address.url, **kwargs)
+        import tritonclient.http as thttp
+
+        kwargs = {"connection_timeout": min(timeout_s, 60.0), "network_timeout": timeout_s}
+        if address.tls:
+            import gevent.ssl
+
+            context = gevent.ssl.create_default_context(cafile=options.ssl_ca)
+            if options.ssl_cert:
+                context.load_cert_chain(options.ssl_cert, options.ssl_key)
+            kwargs.update(ssl=True, ssl_context_factory=lambda: context, insecure=False)
+        return thttp.InferenceServerClient(address.url, **kwargs)
+    except Exception as exc:
+        raise ServerError(f"Triton at {address}: cannot create a client ({_reason(exc)}).") from None
+
+
+def wait_ready(client, address: Address, timeout_s: float) -> None:
+    """Poll readiness every 0.5 s (as the original operator did) until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        try:
+            if client.is_server_ready():
+                return
+            last = "the server is not ready"
+        except Exception as exc:
+            last = _reason(exc)
+            if address.protocol == "http" and _speaks_v1(address):
+                raise ServerError(f"Triton at {address} speaks the TRTIS v1 API (/api/status); clara-napari needs the "
+                                  "KServe v2 protocol of Triton 20.x or newer.") from None
+        if time.monotonic() >= deadline:
+            raise ServerError(f"Triton at {address} was not ready within {timeout_s:.0f} s ({last}).")
+        time.sleep(POLL_S)
+
+
+def _speaks_v1(address: Address) -> bool:
+    scheme = "https" if address.tls else "http"
+    try:
+        urllib.request.urlopen(f"{scheme}://{address.url}/v2/health/ready", timeout=2).close()
+        return False
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            return False
+    except Exception:
+        return False
+    for path in ("/api/status", "/api/health/ready"):
+        with contextlib.suppress(Exception):
+            urllib.request.urlopen(f"{scheme}://{address.url}{path}", timeout=2).close()
+            return True
+    return False
+
+
+def server_model_spec(client, address: Address, name: str, version: str = "") -> ModelSpec:
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = client.get_model_config(name, version)
+    if isinstance(config, dict):  # HTTP: the JSON form
+        message = json_format.ParseDict(config, mc.ModelConfig(), ignore_unknown_fields=True)
+    else:
+        message = config.config
+    return spec_from_proto(message)
+
+
+def _reason(exc: BaseException) -> str:
+    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    message = " ".join(str(message).split())
+    return message[:300] or type(exc).__name__
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    text = _reason(exc).lower()
+    return isinstance(exc, (ConnectionError, OSError, TimeoutError)) or any(
+        key in text for key in ("unavailable", "connection refused", "connection reset", "failed to connect",
+                                "broken pipe", "socket closed", "connect failed"))
+
+
+# -- the model -------------------------------------------------------------------------------
+class _ShmSlot:
+    """An input and an output system shared-memory region registered with the server."""
+
+    def __init__(self, client, in_bytes: int, out_bytes: int) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        self.client = client
+        tag = f"clara_napari_{os.getpid()}_{next(_COUNTER)}"
+        self.names = (f"{tag}_in", f"{tag}_out")
+        self.sizes = (in_bytes, out_bytes)
+        self.handles = []
+        try:
+            for name, size in zip(self.names, self.sizes):
+                self.handles.append(shm.create_shared_memory_region(name, f"/{name}", size))
+            for name, size in zip(self.names, self.sizes):
+                client.register_system_shared_memory(name, f"/{name}", size)
+        except BaseException:
+            self.close()
+            raise
+        _REGIONS.add(self)
+
+    def close(self) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        for name in self.names:
+            with contextlib.suppress(Exception):
+                self.client.unregister_system_shared_memory(name)
+        for handle in self.handles:
+            with contextlib.suppress(Exception):
+                shm.destroy_shared_memory_region(handle)
+        self.handles = []
+        _REGIONS.discard(self)
+
+
+class TritonModel:
+    """A model on a Triton server, ready to predict batches (a window-engine predictor)."""
+
+    def __init__(self, address: Address, name: str, *, version: str = "", input_name: str = "",
+                 output_name: str = "", in_flight: int = 2, timeout_s: float = 120.0,
+                 options: TransportOptions | None = None, expected: ModelSpec | None = None) -> None:
+        self.address = address
+        self.name = name
+        self.version = version
+        self.timeout_s = timeout_s
+        self.options = options or TransportOptions()
+        self._local = threading.local()
+        self._clients: list = []
+        self._slots: "queue.LifoQueue[_ShmSlot]" = queue.LifoQueue()
+        self._all_slots: list[_ShmSlot] = []
+        self._lock = threading.Lock()
+        self.description = f"Triton at {address}"
+
+        client = self._client()
+        wait_ready(client, address, self.options.ready_timeout_s)
+        self._wait_model(client)
+        self.spec = server_model_spec(client, address, name, version)
+        if expected is not None:
+            check_same_model(expected, self.spec, address)
+        where = f"Triton at {address}, model {name!r}"
+        self.input = pick_tensor(self.spec.inputs, input_name, "input", where)
+        self.output = pick_tensor(self.spec.outputs, output_name, "output", where)
+        self.max_batch_size = self.spec.max_batch_size
+        self.use_shm = self._probe_shm(client) if self.options.shared_memory is not False else False
+        self.in_flight = in_flight
+        self.transport = f"{address.protocol}{'+shm' if self.use_shm else ''}"
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = make_client(self.address, self.options, self.timeout_s)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _wait_model(self, client) -> None:
+        deadline = time.monotonic() + self.options.ready_timeout_s
+        while True:
+            try:
+                if client.is_model_ready(self.name, self.version):
+                    return
+            except Exception as exc:
+                if _is_connection_error(exc):
+                    raise ServerError(f"Triton at {self.address}: lost the connection ({_reason(exc)}).") from None
+            names, states = self._index(client)
+            if self.name not in names:
+                raise ServerError(f"Triton at {self.address} has no model {self.name!r} "
+                                  f"(available: {', '.join(sorted(names)) or 'none'}).")
+            if time.monotonic() >= deadline:
+                raise ServerError(f"Triton at {self.address}: model {self.name!r} is not ready "
+                                  f"(state {states.get(self.name, 'UNKNOWN')}).")
+            time.sleep(POLL_S)
+
+    def _index(self, client) -> tuple[set[str], dict[str, str]]:
+        try:
+            index = client.get_model_repository_index()
+        except Exception:
+            return set(), {}
+        entries = index if isinstance(index, list) else [{"name": m.name, "state": m.state} for m in index.models]
+        return {e.get("name", "") for e in entries}, {e.get("name", ""): e.get("state", "") for e in entries}
+
+    def _probe_shm(self, client) -> bool:
+        """Shared memory only on this host, and only if the server accepts a registration."""
+        if not self.address.is_local or self.options.shared_memory is False:
+            return False
+        try:
+            probe = _ShmSlot(client, 64, 64)
+        except Exception as exc:
+            if self.options.shared_memory:
+                log.warning("Triton at %s refused shared memory (%s); using the network", self.address, _reason(exc))
+            else:
+                log.info("shared memory not available with %s (%s); using the network", self.address, _reason(exc))
+            return False
+        probe.close()
+        return True
+
+    # -- prediction ---------------------------------------------------------------------------
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=self.input.dtype)
+        if self.max_batch_size == 0:
+            return np.stack([self._infer_retrying(item, batched=False) for item in batch])
+        per_item = batch[0].nbytes if len(batch) else 1
+        step = len(batch)
+        if self.address.protocol == "http" and not self.use_shm:
+            step = max(1, min(step, HTTP_MAX_REQUEST_BYTES // max(per_item, 1)))
+        if self.max_batch_size > 0:
+            step = min(step, self.max_batch_size)
+        if step >= len(batch):
+            return self._infer_retrying(batch, batched=True)
+        return np.concatenate([self._infer_retrying(batch[i:i + step], batched=True) for i in range(0, len(batch), step)])
+
+    def _infer_retrying(self, array: np.ndarray, *, batched: bool) -> np.ndarray:
+        for attempt in itertools.count():
+            try:
+                return self._infer(array, batched)
+            except ServerError as exc:
+                cause = exc.__cause__ or exc
+                if attempt >= self.options.retries or not _is_connection_error(cause):
+                    raise
+                delay = 0.5 * 2 ** attempt
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                self._reset_client()
+        raise AssertionError("unreachable")
+
+    def _reset_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def _output_shape(self, array: np.ndarray, batched: bool) -> tuple[int, ...] | None:
+        item_in = array.shape[1:] if batched else array.shape
+        dims = self.output.dims
+        shape = []
+        for i, d in enumerate(dims):
+            if d > 0:
+                shape.append(d)
+            elif len(dims) == len(item_in) and i > 0:
+                shape.append(item_in[i])   # spatial sizes follow the input's (a scanning-window model)
+            else:
+                return None
+        return ((array.shape[0],) if batched else ()) + tuple(shape)
+
+    def _infer(self, array: np.ndarray, batched: bool) -> np.ndarray:
+        client = self._client()
+        module = self._module()
+        infer_input = module.InferInput(self.input.name, list(array.shape), self.input.datatype)
+        out_shape = self._output_shape(array, batched)
+        slot = None
+        try:
+            if self.use_shm and out_shape is not None:
+                out_bytes = int(np.prod(out_shape)) * self.output.dtype.itemsize
+                slot = self._acquire_slot(client, array.nbytes, out_bytes)
+                import tritonclient.utils.shared_memory as shm
+
+                shm.set_shared_memory_region(slot.handles[0], [array])
+                infer_input.set_shared_memory(slot.names[0], array.nbytes)
+                requested = module.InferRequestedOutput(self.output.name)
+                requested.set_shared_memory(slot.names[1], out_bytes)
+            else:
+                if self.address.protocol == "http":
+                    infer_input.set_data_from_numpy(array, binary_data=True)
+                    requested = module.InferRequestedOutput(self.output.name, binary_data=True)
+                else:
+                    infer_input.set_data_from_numpy(array)
+                    requested = module.InferRequestedOutput(self.output.name)
+            result = self._call(client, infer_input, requested)
+            if slot is not None:
+                import tritonclient.utils.shared_memory as shm
+
+                return np.array(shm.get_contents_as_numpy(slot.handles[1], self.output.dtype, out_shape))
+            output = result.as_numpy(self.output.name)
+            if output is None:
+                raise ModelMismatchError(f"Triton at {self.address}: model {self.name!r} returned no output "
+                                         f"{self.output.name!r}.")
+            return output
+        finally:
+            if slot is not None:
+                self._slots.put(slot)
+
+    def _call(self, client, infer_input, requested):
+        headers = self.options.headers or None
+        try:
+            if self.address.protocol == "grpc":
+                return client.infer(self.name, [infer_input], model_version=self.version, outputs=[requested],
+                                    client_timeout=self.timeout_s, headers=headers)
+            return client.infer(self.name, [infer_input], model_version=self.version, outputs=[requested],
+                                headers=headers)
+        except Exception as exc:
+            reason = _reason(exc)
+            lowered = reason.lower()
+            if "deadline" in lowered or "timed out" in lowered or "timeout" in lowered:
+                raise ServerError(f"Triton at {self.address}: model {self.name!r} did not answer within "
+                                  f"{self.timeout_s:.0f} s.") from exc
+            if _is_connection_error(exc):
+                raise ServerError(f"Triton at {self.address}: lost the connection during inference ({reason}).") from exc
+            raise ServerError(f"Triton at {self.address}: model {self.name!r} failed ({reason}).") from exc
+
+    def _module(self):
+        if self.address.protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+        return module
+
+    def _acquire_slot(self, client, in_bytes: int, out_bytes: int) -> _ShmSlot:
+        while True:
+            try:
+                slot = self._slots.get_nowait()
+            except queue.Empty:
+                slot = None
+            if slot is None:
+                slot = _ShmSlot(client, in_bytes, out_bytes)
+                with self._lock:
+                    self._all_slots.append(slot)
+                return slot
+            if slot.sizes[0] >= in_bytes and slot.sizes[1] >= out_bytes:
+                return slot
+            slot.close()
+            with self._lock:
+                self._all_slots.remove(slot)
+
+    def close(self) -> None:
+        with self._lock:
+            slots, self._all_slots = self._all_slots, []
+            clients, self._clients = self._clients, []
+        for slot in slots:
+            slot.close()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def check_same_model(expected: ModelSpec, served: ModelSpec, address: Address) -> None:
+    """The model loader's ``config.pbtxt`` must describe the model the server runs."""
+    def signature(spec: ModelSpec) -> dict:
+        return {"name": spec.name, "max_batch_size": spec.max_batch_size,
+                "inputs": [t.describe() for t in spec.inputs], "outputs": [t.describe() for t in spec.outputs]}
+
+    mine, theirs = signature(expected), signature(served)
+    for key in mine:
+        if mine[key] != theirs[key]:
+            raise ModelMismatchError(
+                f"{expected.path}: {key} is {json.dumps(mine[key])}, the model on Triton at {address} has "
+                f"{json.dumps(theirs[key])}.")
+
+
+@atexit.register
+def cleanup_all_regions() -> None:
+    for slot in list(_REGIONS):
+        slot.close()
+
