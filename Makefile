@@ -14,8 +14,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+# The main job on the bundled sample: embedded Triton, real model (deepbet), real T1 MRI;
+# then the Dice against the reference brain mask.
 sample: $(STAMP)
-	$(VENV)/bin/clara-napari run --app brain_extraction_t1 --input sample_data/mr_t1 --output out/output --publish out/publish --logs out/logs --overwrite
+	$(VENV)/bin/clara-napari run --app brain_extraction_t1 --input sample_data/mr_t1 \
+	    --output out/output --publish out/publish --logs out/logs --overwrite
+	$(PY) scripts/dice.py out/output/mr_t1_colin27.mhd sample_data/reference/mr_t1_colin27_brain_mask.nii.gz
 
 test: $(STAMP)
 	$(PY) -m pytest -q

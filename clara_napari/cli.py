@@ -241,6 +241,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .core.server import EmbeddedServer
 
     repository = Path(args.models) if args.models else bundled_model_repository()
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     with EmbeddedServer(repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port) as server:
         print(f"Triton {server.version} serving {repository}")
         print(f"  HTTP    {server.http_url}")

@@ -204,6 +204,7 @@ def wait_ready(client, address: Address, timeout_s: float) -> None:
     """Poll readiness every 0.5 s (as the original operator did) until ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last = ""
+    checked_v1 = False
     while True:
         try:
             if client.is_server_ready():
@@ -211,12 +212,26 @@ def wait_ready(client, address: Address, timeout_s: float) -> None:
             last = "the server is not ready"
         except Exception as exc:
             last = _reason(exc)
-            if address.protocol == "http" and _speaks_v1(address):
+        if address.protocol == "http" and not checked_v1:
+            checked_v1 = _answers_http(address)
+            if checked_v1 and _speaks_v1(address):
                 raise ServerError(f"Triton at {address} speaks the TRTIS v1 API (/api/status); clara-napari needs the "
-                                  "KServe v2 protocol of Triton 20.x or newer.") from None
+                                  "KServe v2 protocol of Triton 20.x or newer.")
         if time.monotonic() >= deadline:
             raise ServerError(f"Triton at {address} was not ready within {timeout_s:.0f} s ({last}).")
         time.sleep(POLL_S)
+
+
+def _answers_http(address: Address) -> bool:
+    """Something answers HTTP there (any status), so it is worth asking which protocol it speaks."""
+    scheme = "https" if address.tls else "http"
+    try:
+        urllib.request.urlopen(f"{scheme}://{address.url}/v2/health/ready", timeout=2).close()
+    except urllib.error.HTTPError:
+        return True
+    except Exception:
+        return False
+    return True
 
 
 def _speaks_v1(address: Address) -> bool:
