@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     apps = sub.add_parser("apps", help="list the bundled apps")
     apps.add_argument("--json", action="store_true")
 
+    new_app = sub.add_parser("new-app", help="scaffold an app folder from a bundled app")
+    new_app.add_argument("folder", help="the new app folder")
+    new_app.add_argument("--from", dest="source", default="brain_extraction_t1", help="app to start from")
+    new_app.add_argument("--force", action="store_true", help="write into a non-empty folder")
+
     models = sub.add_parser("models", help="list the models a server (or an app's repository) offers")
     _add_server_args(models)
     models.add_argument("--app", help="app whose model repository the embedded server serves")
@@ -86,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    handler = {"run": cmd_run, "apps": cmd_apps, "models": cmd_models, "serve": cmd_serve}[args.command]
+    handler = {"run": cmd_run, "apps": cmd_apps, "models": cmd_models, "serve": cmd_serve,
+               "new-app": cmd_new_app}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -218,6 +224,14 @@ def cmd_apps(args: argparse.Namespace) -> int:
         for row in rows:
             labels = ", ".join(f"{k}={v}" for k, v in row.get("labels", {}).items())
             print(f"{row['name']:<24} model {row.get('model', '?'):<24} labels {labels or '-'}  ({row['folder']})")
+    return 0
+
+
+def cmd_new_app(args: argparse.Namespace) -> int:
+    from .core.apps import scaffold_app
+
+    app = scaffold_app(args.folder, args.source, force=args.force)
+    print(f"created app {app.folder} from {args.source}; run it with: clara-napari run --app {app.folder}")
     return 0
 
 

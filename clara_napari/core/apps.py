@@ -109,3 +109,43 @@ def list_apps() -> list[App]:
             if (folder / "config_inference.json").is_file() and folder.name not in seen:
                 seen[folder.name] = App(name=folder.name, folder=folder.resolve())
     return list(seen.values())
+
+
+def scaffold_app(destination: str | Path, source: str | Path | App = DEFAULT_APP, *, force: bool = False) -> App:
+    """Create a new app folder from ``source``: its configs, a README, and ``models`` linking to its models.
+
+    The result runs as ``--app DESTINATION``. Replace ``config_inference.json`` (and the model
+    in ``models/``) to make it your own, as a Clara model-specific container replaced the base's.
+    """
+    import shutil
+
+    app = source if isinstance(source, App) else resolve_app(source)
+    dest = Path(destination).expanduser()
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise ConfigError(f"{dest}: the folder exists and is not empty (choose another or use --force).")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(app.config_path, dest / "config_inference.json")
+    for extra in (app.render_config_path, app.logging_config_path):
+        if extra is not None:
+            shutil.copyfile(extra, dest / extra.name)
+    models = dest / "models"
+    if models.is_symlink() or models.exists():
+        if models.is_symlink() or models.is_file():
+            models.unlink()
+        else:
+            shutil.rmtree(models)
+    models.symlink_to(app.model_repository, target_is_directory=True)
+    config = app.config
+    labels = "\n".join(f"| {value} | {info.name} | {config.label_colors()[value]} |" for value, info in config.labels.items())
+    (dest / "README.md").write_text(
+        f"# {dest.name}\n\n"
+        f"Created with `clara-napari new-app {dest} --from {app.name}`.\n\n"
+        f"- `config_inference.json`: the Clara Train 3 inference config (pre-transforms, inferer, "
+        f"post-transforms, writers) and the `labels` (name and `#rrggbb` colour per label value).\n"
+        f"- `config_render.json`: Clara Render Server settings, copied to the publish bundle "
+        f"(delete it to have one generated from the labels).\n"
+        f"- `models/`: the Triton model repository (a link to `{app.model_repository}`); "
+        f"put your own model there and name it in `inferer.args.model_name`.\n\n"
+        f"Run it with `clara-napari run --app {dest} --input IN --output OUT`.\n\n"
+        f"| label | name | colour |\n|---|---|---|\n{labels}\n", encoding="utf-8")
+    return App(name=dest.name, folder=dest.resolve())

@@ -1,6 +1,8 @@
 """Inferer, model-loader and writer components of a Clara config (the non-transform parts)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -77,17 +79,106 @@ class TritonModelLoader(Component):
     model_spec_file_name: str
 
 
+class Writer(Component):
+    """A writer: where one field of the results goes, and how."""
+
+    field: str = "model"
+
+    def target(self, folder: Path, stem: str, index: int) -> Path:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def write(self, value, path: Path, *, forbid=(), overwrite: bool = True) -> Path:  # pragma: no cover
+        raise NotImplementedError
+
+
 @WRITERS.register("WriteNifti", "WriteMetaImage", "WriteMhd", "WriteVolume")
-class VolumeWriter(Component):
+class VolumeWriter(Writer):
     """Writes ``field`` with pixel type ``dtype`` on the input's grid.
 
     The operator contract names the file (``<output>/<input name>.mhd``); ``format`` may ask
     for another volume format, ``write_path`` for another folder.
     """
 
-    field: str = "model"
     dtype: Dtype = "uint8"
     write_path: str = ""
     format: Literal["mhd", "mha", "nii", "nii.gz", "nrrd"] = "mhd"
     compress: bool = False
     is_label: bool = True
+
+    def target(self, folder: Path, stem: str, index: int) -> Path:
+        """``<stem>.mhd`` for the first writer (the downstream DICOM writer relies on it)."""
+        name = f"{stem}.{self.format}" if index == 0 else f"{stem}.{self.field}.{self.format}"
+        return Path(self.write_path or folder) / name
+
+    def write(self, value, path: Path, *, forbid=(), overwrite: bool = True) -> Path:
+        from .volume import write_volume
+
+        return write_volume(value, path, compress=self.compress, overwrite=overwrite, forbid=forbid)
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    """Class probabilities of one volume, and which classes count as positive."""
+
+    names: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    threshold: float
+    top_k: int = 0
+
+    def ranked(self) -> list[tuple[str, float]]:
+        ranked = sorted(zip(self.names, self.probabilities), key=lambda item: -item[1])
+        return ranked[: self.top_k] if self.top_k else ranked
+
+    @property
+    def positives(self) -> list[str]:
+        return [name for name, p in self.ranked() if p >= self.threshold]
+
+    def csv_text(self, image: str) -> str:
+        """``image,threshold,positives,top_classes`` with ``label:probability`` entries."""
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        out = csv.writer(buffer, lineterminator="\n")
+        out.writerow(["image", "threshold", "positives", "top_classes"])
+        out.writerow([image, f"{self.threshold:g}", " ".join(self.positives),
+                      " ".join(f"{name}:{p:.4f}" for name, p in self.ranked())])
+        return buffer.getvalue()
+
+
+@WRITERS.register("ClassificationResultWriter", "WriteClassificationResult", "ClassificationWriter")
+class ClassificationWriter(Writer):
+    """The original's classification result writer: ``<output>/output-<name>.csv``.
+
+    ``label_names[i]`` names class ``i`` (default: the app's labels, else ``class_i``); classes
+    with probability >= ``threshold`` are positive; ``top_k`` limits the listed classes (0: all).
+    """
+
+    label_names: list[str] = []
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    write_path: str = ""
+
+    def target(self, folder: Path, stem: str, index: int) -> Path:
+        return Path(self.write_path or folder) / f"output-{stem}.csv"
+
+    def result(self, scores, fallback_names: dict[int, str]) -> ClassificationResult:
+        values = [float(v) for v in scores]
+        names = [self.label_names[i] if i < len(self.label_names) else fallback_names.get(i, f"class_{i}")
+                 for i in range(len(values))]
+        return ClassificationResult(tuple(names), tuple(values), self.threshold, self.top_k)
+
+    def write(self, value: ClassificationResult, path: Path, *, forbid=(), overwrite: bool = True) -> Path:
+        from .atomic import atomic_paths
+        from .errors import VolumeError
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise VolumeError(f"{path}: exists already (use --overwrite to replace it).")
+        source = next(iter(forbid), None)
+        try:
+            with atomic_paths(path) as (temp,):
+                temp.write_text(value.csv_text(Path(source).name if source else path.stem[len("output-"):]))
+        except OSError as exc:
+            raise VolumeError(f"{path}: cannot write ({exc.strerror or exc}).") from None
+        return path

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from . import transforms as _transforms  # noqa: F401  (registers the transforms)
-from .components import INFERERS, MODEL_LOADERS, WRITERS, InfererSpec, TritonModelLoader, VolumeWriter
+from .components import INFERERS, MODEL_LOADERS, WRITERS, InfererSpec, TritonModelLoader, VolumeWriter, Writer
 from .errors import ConfigError
 from .registry import Registry
 from .transforms import TRANSFORMS, Transform
@@ -55,7 +55,7 @@ class InferenceConfig:
     pre_transforms: list[Transform]
     inferer: InfererSpec
     post_transforms: list[Transform]
-    writers: list[VolumeWriter]
+    writers: list[Writer]
     model_loader: TritonModelLoader | None = None
     batch_size: int = 1
     use_scanning_window: bool = True
@@ -105,6 +105,8 @@ def parse_config(raw: Any, *, file: str = "", placeholders: dict[str, str] | Non
                 log.info("%s: ignoring training-only key %r", file or "config", key)
             else:
                 log.warning("%s: ignoring unknown top-level key %r", file or "config", key)
+    if "inferer" not in raw:  # before placeholders: {PBTXT_PATH} is derived from the inferer's model_name
+        raise ConfigError("the config has no inferer.", path="inferer", file=file)
     values = dict(placeholders or {})
     model_name = raw.get("inferer", {}).get("args", {}).get("model_name") if isinstance(raw.get("inferer"), dict) \
         and isinstance(raw["inferer"].get("args"), dict) else None
@@ -124,8 +126,6 @@ def parse_config(raw: Any, *, file: str = "", placeholders: dict[str, str] | Non
     pre = _build_list(raw, "pre_transforms", TRANSFORMS, file, skipped)
     post = _build_list(raw, "post_transforms", TRANSFORMS, file, skipped)
     writers = _build_list(raw, "writers", WRITERS, file, skipped)
-    if "inferer" not in raw:
-        raise ConfigError("the config has no inferer.", path="inferer", file=file)
     inferer = INFERERS.build(raw["inferer"], "inferer", file)
     loader = MODEL_LOADERS.build(raw["model_loader"], "model_loader", file) if raw.get("model_loader") is not None else None
     labels = _labels(raw.get("labels", {}), file)

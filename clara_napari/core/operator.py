@@ -17,7 +17,7 @@ from .backends import open_backend
 from .errors import Cancelled, ClaraNapariError, VolumeError
 from .pipeline import Segmentation, segment_volume
 from .progress import CancelToken, Progress
-from .volume import find_volumes, looks_like_dicom_folder, read_volume, safe_stem, volume_stem, write_volume
+from .volume import find_volumes, looks_like_dicom_folder, read_volume, safe_stem, volume_stem
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,6 @@ class VolumeResult:
     segmentation: Segmentation | None = None
 
 
-def output_name(stem: str, writer_index: int, field_name: str, fmt: str) -> str:
-    """``<stem>.mhd`` for the first writer (the downstream DICOM writer relies on it)."""
-    return f"{stem}.{fmt}" if writer_index == 0 else f"{stem}.{field_name}.{fmt}"
-
-
 def list_inputs(path: Path, first_only: bool = False) -> list[Path]:
     """The volumes to process: the file itself, or each volume of the folder (sorted)."""
     path = Path(path)
@@ -70,8 +65,7 @@ def list_inputs(path: Path, first_only: bool = False) -> list[Path]:
 def planned_outputs(options: RunOptions, source: Path) -> list[Path]:
     config = options.app.config
     stem = safe_stem(volume_stem(source))
-    return [Path(w.write_path or options.output) / output_name(stem, i, w.field, w.format)
-            for i, w in enumerate(config.writers)]
+    return [w.target(Path(options.output), stem, i) for i, w in enumerate(config.writers)]
 
 
 def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None = None,
@@ -115,8 +109,8 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
                                       progress=progress_for(source) if progress_for else None)
         written = []
         for (writer, out), target in zip(segmentation.outputs, targets):
-            written.append(write_volume(out, target, compress=writer.compress, overwrite=True, forbid=[source]))
-        if options.publish is not None:
+            written.append(writer.write(out, target, overwrite=True, forbid=[source]))
+        if options.publish is not None and segmentation.classification is None:
             from .publish import write_publish_bundle
 
             # one volume: the bundle at the publish root, as the original operator wrote it;

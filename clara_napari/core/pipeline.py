@@ -18,7 +18,7 @@ import numpy as np
 
 from .apps import App
 from .backends.base import ModelHandle, check_input_shape, fixed_window
-from .components import SimpleInferer, VolumeWriter
+from .components import ClassificationResult, ClassificationWriter, SimpleInferer, Writer
 from .config import InferenceConfig
 from .errors import Cancelled, ConfigError
 from .geometry import Grid, onto_grid
@@ -39,15 +39,22 @@ class Segmentation:
     """What one run produced: one output volume per writer, on the input's grid."""
 
     source: Volume
-    outputs: list[tuple[VolumeWriter, Volume]]
+    outputs: list[tuple[Writer, Volume | ClassificationResult]]
     timings: dict[str, float] = field(default_factory=dict)
     model: str = ""
     backend: str = ""
 
     @property
     def labels(self) -> Volume:
-        """The first writer's output: the label map the operator contract writes."""
-        return self.outputs[0][1]
+        """The first volume output: the label map the operator contract writes."""
+        for _, value in self.outputs:
+            if isinstance(value, Volume):
+                return value
+        raise ConfigError("this app writes no volume (a classification app: see .classification).")
+
+    @property
+    def classification(self) -> ClassificationResult | None:
+        return next((v for _, v in self.outputs if isinstance(v, ClassificationResult)), None)
 
 
 def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, *,
@@ -81,7 +88,7 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
     # 2. windows → predictor → stitching
     stage("inference")
     prediction = _infer(image, config, model, progress, cancel)
-    sample.put("model", prediction, sample.meta["image"].copy(is_label=False))
+    sample.put("model", prediction, sample.meta["image"].copy(is_label=False))  # scores: [C] for classifiers
     lap("inference")
 
     # 3. post-transforms
@@ -91,7 +98,8 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
     lap("post_transforms")
 
     # 4. writers' fields, back on the input's grid with the input's geometry, bit for bit
-    outputs = [(writer, _to_volume(sample, writer, volume)) for writer in config.writers]
+    outputs = [(writer, _to_scores(sample, writer, config) if isinstance(writer, ClassificationWriter)
+                 else _to_volume(sample, writer, volume)) for writer in config.writers]
     lap("restore_geometry")
     return Segmentation(source=volume, outputs=outputs, timings=timings, model=model.spec.name,
                         backend=model.description)
@@ -102,6 +110,8 @@ def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progr
     inferer = config.inferer
     tensor = model.input
     batch_size = inferer.batch_size or config.batch_size
+    if is_classifier(config, model):
+        return _classify(image, config, model, cancel)
     if config.scanning:
         roi = inferer.roi_size or fixed_window(model.spec, tensor)
         if roi is None:
@@ -119,7 +129,35 @@ def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progr
                           pad_value=inferer.pad_value, progress=progress, cancel=cancel)
 
 
-def _to_volume(sample: Sample, writer: VolumeWriter, source: Volume) -> Volume:
+def is_classifier(config: InferenceConfig, model: ModelHandle) -> bool:
+    """A model whose output has no spatial axes (class scores), or an app that says so."""
+    return config.inferer.output_type == "CLASSIFICATION" or len(model.output.dims) == 1
+
+
+def _classify(image: np.ndarray, config: InferenceConfig, model: ModelHandle, cancel: CancelToken | None) -> np.ndarray:
+    """One request with the whole volume (padded to ``pad_to_multiple``); returns the class scores."""
+    multiple = config.inferer.pad_to_multiple if isinstance(config.inferer, SimpleInferer) else 1
+    pad = [(0, 0)] + [(0, int(np.ceil(s / multiple) * multiple) - s) for s in image.shape[1:]]
+    if any(after for _, after in pad):
+        image = np.pad(image, pad, constant_values=config.inferer.pad_value)
+    check_input_shape(model.spec, model.input, image.shape, model.spec.name)
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled("the inference was cancelled.")
+    scores = np.asarray(model.predict(image[None]))
+    if scores.ndim != 2 or scores.shape[0] != 1:
+        raise ConfigError(f"the classification model {model.spec.name!r} returned shape {list(scores.shape)}, "
+                          "expected [1, classes].")
+    return scores[0].astype(np.float32)
+
+
+def _to_scores(sample: Sample, writer: ClassificationWriter, config: InferenceConfig) -> ClassificationResult:
+    scores = np.asarray(sample.array(writer.field, f"writer for {writer.field!r}"), dtype=np.float64).ravel()
+    # the app's labels name classes by value; class i is label value i (0 = the first class)
+    names = {value: name for value, name in config.label_names().items()}
+    return writer.result(scores, names)
+
+
+def _to_volume(sample: Sample, writer: Writer, source: Volume) -> Volume:
     array = sample.array(writer.field, f"writer for {writer.field!r}")
     meta: FieldMeta = sample.meta[writer.field]
     if array.ndim == 4:

@@ -73,18 +73,29 @@ def generated_render_config(labels: dict[int, tuple[str, str]]) -> dict:
     }
 
 
-def config_meta(name: str, density: str, masks: list[str], fmt: str = "meta") -> dict:
+def config_meta(name: str, density: str, masks: list[str], fmt: str = "meta",
+                labels: dict[int, tuple[str, str]] | None = None) -> dict:
+    """The bundle's ``config.meta``; ``labels`` (value → name, colour) is our addition for viewers
+    that show label names (Render Servers ignore keys they do not know)."""
     if fmt == "data":
-        return {"data": [{"file": density, "order": "DXYZ"}] + [{"file": m, "order": "MXYZ"} for m in masks],
+        meta = {"data": [{"file": density, "order": "DXYZ"}] + [{"file": m, "order": "MXYZ"} for m in masks],
                 "name": name, "settings": "config_render.json"}
-    return {"density": density, "name": name, "seg_masks": masks, "settings": "config_render.json"}
+    else:
+        meta = {"density": density, "name": name, "seg_masks": masks, "settings": "config_render.json"}
+    if labels:
+        meta["labels"] = {str(v): {"name": n, "color": c} for v, (n, c) in sorted(labels.items())}
+    return meta
+
+
+def app_labels(app: "App") -> dict[int, tuple[str, str]]:
+    config = app.config
+    return {v: (config.label_names()[v], config.label_colors()[v]) for v in config.labels}
 
 
 def render_config_text(app: "App") -> str:
     if app.render_config_path is not None:
         return app.render_config_path.read_text(encoding="utf-8")
-    config = app.config
-    labels = {v: (config.label_names()[v], config.label_colors()[v]) for v in config.labels} or {1: ("label 1", "#e6194b")}
+    labels = app_labels(app) or {1: ("label 1", "#e6194b")}
     return json.dumps(generated_render_config(labels), indent=4) + "\n"
 
 
@@ -107,7 +118,7 @@ def write_publish_bundle(folder: str | Path, segmentation: "Segmentation", app: 
             write_volume(segmentation.source.with_array(segmentation.source.array, path=None), staging / density, forbid=forbid)
             write_volume(segmentation.labels.with_array(segmentation.labels.array, path=None), staging / mask, forbid=forbid)
             (staging / "config_render.json").write_text(render_config_text(app), encoding="utf-8")
-            meta = config_meta(segmentation.model or app.config.model_name, density, [mask], fmt)
+            meta = config_meta(segmentation.model or app.config.model_name, density, [mask], fmt, app_labels(app))
             (staging / "config.meta").write_text(json.dumps(meta, indent=4, sort_keys=True) + "\n", encoding="utf-8")
             return commit(staging, folder, names)
     except OSError as exc:
