@@ -169,7 +169,12 @@ def _labels(raw: Any, file: str) -> dict[int, LabelInfo]:
     return dict(sorted(labels.items()))
 
 
-def _substitute(value: Any, values: dict[str, str], path: str, file: str) -> Any:
+MAX_DEPTH = 64
+
+
+def _substitute(value: Any, values: dict[str, str], path: str, file: str, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"nested more than {MAX_DEPTH} levels deep.", path=path, file=file)
     if isinstance(value, str):
         def replace(match: re.Match) -> str:
             name = match.group(1)
@@ -180,7 +185,7 @@ def _substitute(value: Any, values: dict[str, str], path: str, file: str) -> Any
 
         return _PLACEHOLDER.sub(replace, value)
     if isinstance(value, list):
-        return [_substitute(v, values, f"{path}[{i}]", file) for i, v in enumerate(value)]
+        return [_substitute(v, values, f"{path}[{i}]", file, depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _substitute(v, values, f"{path}.{k}" if path else str(k), file) for k, v in value.items()}
+        return {k: _substitute(v, values, f"{path}.{k}" if path else str(k), file, depth + 1) for k, v in value.items()}
     return value

@@ -7,6 +7,11 @@ server, so that the CLI can print it on one line and the GUI can show it as a no
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """Escape line breaks and other control characters (keys in a config can hold anything)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class ClaraNapariError(Exception):
     """Base class of every error clara-napari raises on purpose."""
 
@@ -23,7 +28,7 @@ class ConfigError(ClaraNapariError):
         self.file = file
         where = f"{file}: " if file else ""
         at = f"{path}: " if path else ""
-        super().__init__(f"{where}{at}{message}")
+        super().__init__(one_line(f"{where}{at}{message}"))
 
 
 class ServerError(ClaraNapariError):

@@ -84,7 +84,10 @@ def resample(array: np.ndarray, source: Grid, target: Grid, *, is_label: bool) -
     out = []
     for channel in channels:
         data = channel if is_label else channel.astype(np.float32, copy=False)
-        image = sitk.Resample(to_sitk(data, source), reference, sitk.Transform(), interpolator, 0.0)
+        # images: voxels just beyond the source's extent take the nearest edge value, not 0
+        # (0 is not background for CT or normalised data); labels: 0, i.e. background
+        image = sitk.Resample(to_sitk(data, source), reference, sitk.Transform(), interpolator, 0.0,
+                              sitk.sitkUnknown, not is_label)
         out.append(from_sitk(image))
     result = np.stack(out)
     return result if array.ndim == 4 else result[0]

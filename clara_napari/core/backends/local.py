@@ -46,7 +46,12 @@ class OnnxModel:
 
     def _run(self, array: np.ndarray) -> np.ndarray:
         feed = np.ascontiguousarray(array, dtype=self.input.dtype)
-        return self.session.run([self.output.name], {self.input.name: feed})[0]
+        try:
+            return self.session.run([self.output.name], {self.input.name: feed})[0]
+        except Exception as exc:  # onnxruntime raises its own exception types (e.g. a window size the network cannot take)
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise ModelMismatchError(f"{self.spec.name}: onnxruntime cannot run the model on input shape "
+                                     f"{list(feed.shape)} ({reason}).") from None
 
     def close(self) -> None:
         self.session = None

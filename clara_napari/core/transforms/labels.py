@@ -143,13 +143,14 @@ class KeepLargestCC(_Morphology):
 
 @TRANSFORMS.register("FillHoles")
 class FillHoles(_Morphology):
-    """Fill the enclosed holes of each label in 3D."""
+    """Fill the enclosed holes of each label in 3D (holes are background voxels; other labels stay)."""
 
     def apply(self, array):
         from scipy import ndimage
 
         structure = self.structure(array.ndim)
-        return _per_label(array, lambda mask: ndimage.binary_fill_holes(mask, structure=structure))
+        background = array == 0
+        return _per_label(array, lambda mask: ndimage.binary_fill_holes(mask, structure=structure) & (mask | background))
 
 
 @TRANSFORMS.register("RemoveBorderConnected")
