@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        # what the CLI already printed (result lines) goes to the log file only, not twice to the terminal
+        handler.addFilter(lambda record: not getattr(record, "printed", False))
     handler = {"run": cmd_run, "apps": cmd_apps, "models": cmd_models, "serve": cmd_serve,
                "new-app": cmd_new_app}[args.command]
     try:
@@ -189,11 +192,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         nonlocal failures
         if result.ok:
             print(result.message)
-            log.info(result.message)
+            log.info(result.message, extra={"printed": True})
         else:
             failures += 1
             print(f"FAILED {result.message}", file=sys.stderr)
-            log.error(result.message)
+            log.error(result.message, extra={"printed": True})
 
     try:
         results = run(options, progress_for=_progress_for(True), report=report, cancel=cancel)

@@ -169,8 +169,11 @@ def read_volume(path: str | Path, *, allow_channels: bool = False) -> Volume:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise VolumeError(f"{path}: cannot read the header ({_itk_reason(exc)}).") from None
-    _check_information(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(),
-                       reader.GetPixelID(), allow_channels)
+    total = _check_information(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(),
+                               reader.GetPixelID(), allow_channels)
+    _check_inline_data(path, total)
+    if path.name.lower().endswith(".gz"):
+        _check_gzip(path, total)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -209,7 +212,8 @@ def _read_dicom_series(folder: Path, *, allow_channels: bool) -> Volume:
 
 
 def _check_information(path: Path, dimension: int, size: Iterable[int], components: int, pixel_id: int,
-                       allow_channels: bool) -> None:
+                       allow_channels: bool) -> int:
+    """Refuse what the header says before any voxel is read; returns the declared voxel bytes."""
     import SimpleITK as sitk
 
     size = tuple(size)
@@ -224,6 +228,76 @@ def _check_information(path: Path, dimension: int, size: Iterable[int], componen
     if total > MAX_VOXEL_BYTES:
         raise VolumeError(f"{path}: the header declares {total / 1024**3:.1f} GiB of voxels, more than the "
                           f"{MAX_VOXEL_BYTES / 1024**3:.0f} GiB this tool reads.")
+    available = _available_memory()
+    if available is not None and total > 0.8 * available:
+        raise VolumeError(f"{path}: the header declares {total / 1024**3:.1f} GiB of voxels; only "
+                          f"{available / 1024**3:.1f} GiB of memory is available.")
+    return total
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_inline_data(path: Path, declared: int) -> None:
+    """An uncompressed single-file volume shorter than its declared voxels is truncated (or lies)."""
+    name = path.name.lower()
+    if name.endswith(".nii"):
+        compressed = False
+    elif name.endswith(".nrrd"):
+        head = path.read_bytes()[:8192].lower()
+        compressed = b"encoding: raw" not in head or b"data file:" in head or b"datafile:" in head
+    elif name.endswith(".mha"):
+        head = _mha_header_bytes(path).lower()
+        compressed = b"compresseddata = true" in head or b"elementdatafile = local" not in head
+    else:
+        compressed = True
+    if not compressed and path.stat().st_size < declared:
+        raise VolumeError(f"{path}: the file holds {path.stat().st_size} bytes, fewer than the {declared} bytes of "
+                          "voxels its header declares; it is truncated.")
+
+
+def _check_gzip(path: Path, declared: int) -> None:
+    """ITK reads a truncated or corrupt gzip stream without complaint (and zero-fills); check it whole."""
+    import gzip
+    import zlib
+
+    size = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(8 << 20):
+                size += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise VolumeError(f"{path}: the gzip data is corrupt or truncated ({exc}).") from None
+    if size < declared:
+        raise VolumeError(f"{path}: the decompressed data hold {size} bytes, fewer than the {declared} bytes of voxels "
+                          "the header declares; it is truncated.")
+
+
+def _check_zlib(path: Path, data_file: Path, expected: int) -> None:
+    """The same for MetaImage's zlib-compressed ``.zraw`` data."""
+    import zlib
+
+    inflater = zlib.decompressobj()
+    size = 0
+    try:
+        with open(data_file, "rb") as stream:
+            while chunk := stream.read(8 << 20):
+                size += len(inflater.decompress(chunk))
+                if inflater.eof:
+                    break
+        size += len(inflater.flush())
+    except zlib.error as exc:
+        raise VolumeError(f"{path}: the compressed data in '{data_file.name}' are corrupt ({exc}).") from None
+    if not inflater.eof or size < expected:
+        raise VolumeError(f"{path}: the compressed data in '{data_file.name}' hold {size} bytes, the header declares "
+                          f"{expected}; they are truncated.")
 
 
 def _finish(volume: Volume) -> Volume:
@@ -273,7 +347,9 @@ def _check_metaimage_header(path: Path) -> None:
     if not target.is_file():
         raise VolumeError(f"{path}: the data file '{data_file}' named by ElementDataFile is missing.")
     compressed = fields.get("CompressedData", "False").lower() == "true"
-    if not compressed and target.stat().st_size < expected:
+    if compressed:
+        _check_zlib(path, target, expected)
+    elif target.stat().st_size < expected:
         raise VolumeError(f"{path}: the data file '{data_file}' holds {target.stat().st_size} bytes, "
                           f"the header declares {expected}; it is truncated.")
 
