@@ -210,6 +210,8 @@ class EmbeddedServer:
         self.log_path: Path | None = None
         self.version = ""
         self.models: list[ModelSpec] = []
+        #: the python backend's shared-memory regions (one per model instance), known once ready
+        self.shm_regions: list[str] = []
         self._lock = threading.Lock()
 
     # -- URLs ---------------------------------------------------------------------------------
@@ -299,7 +301,7 @@ class EmbeddedServer:
     def _shutdown(self) -> None:
         process, self.process = self.process, None
         if process is not None:
-            regions = _stub_regions(process.pid)
+            regions = sorted(set(self.shm_regions) | set(_stub_regions(process.pid)))
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
@@ -391,6 +393,8 @@ class EmbeddedServer:
                 self._shutdown()
                 raise ServerError(f"the embedded Triton server was not ready within {self.startup_timeout:.0f} s: {reason}")
             time.sleep(0.25)
+        # remembered now: if the server is killed, its stubs may die before they can unlink them
+        self.shm_regions = _stub_regions(self.process.pid)
         with contextlib.suppress(Exception), urllib.request.urlopen(f"{self.http_url}/v2", timeout=5) as response:
             import json
 

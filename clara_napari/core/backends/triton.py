@@ -273,20 +273,33 @@ def _is_connection_error(exc: BaseException) -> bool:
     text = _reason(exc).lower()
     return isinstance(exc, (ConnectionError, OSError, TimeoutError)) or any(
         key in text for key in ("unavailable", "connection refused", "connection reset", "failed to connect",
-                                "broken pipe", "socket closed", "connect failed"))
+                                "broken pipe", "socket closed", "connect failed", "remote end closed",
+                                "server disconnected", "eof occurred"))
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    """Worth another try after a pause: the server went away (restart) or lost our shared memory."""
+    text = _reason(exc).lower()
+    # "no available versions": a server shutting down (or still loading) answers before its models are there
+    return (_is_connection_error(exc) or "shared memory region" in text or "is not ready" in text
+            or "no available versions" in text)
 
 
 # -- the model -------------------------------------------------------------------------------
 class _ShmSlot:
-    """An input and an output system shared-memory region registered with the server."""
+    """An input and an output system shared-memory region registered with the server.
+
+    Clients are passed in rather than kept: an HTTP client belongs to the thread (gevent hub)
+    that made it, and using it from another thread can block for good.
+    """
 
     def __init__(self, client, in_bytes: int, out_bytes: int) -> None:
         import tritonclient.utils.shared_memory as shm
 
-        self.client = client
         tag = f"clara_napari_{os.getpid()}_{next(_COUNTER)}"
         self.names = (f"{tag}_in", f"{tag}_out")
         self.sizes = (in_bytes, out_bytes)
+        self.generation = 0
         self.handles = []
         try:
             for name, size in zip(self.names, self.sizes):
@@ -294,16 +307,18 @@ class _ShmSlot:
             for name, size in zip(self.names, self.sizes):
                 client.register_system_shared_memory(name, f"/{name}", size)
         except BaseException:
-            self.close()
+            self.close(client)
             raise
         _REGIONS.add(self)
 
-    def close(self) -> None:
+    def close(self, client=None) -> None:
+        """Unregister (with ``client``, best effort) and unlink the regions."""
         import tritonclient.utils.shared_memory as shm
 
-        for name in self.names:
-            with contextlib.suppress(Exception):
-                self.client.unregister_system_shared_memory(name)
+        if client is not None:
+            for name in self.names:
+                with contextlib.suppress(Exception):
+                    client.unregister_system_shared_memory(name)
         for handle in self.handles:
             with contextlib.suppress(Exception):
                 shm.destroy_shared_memory_region(handle)
@@ -326,6 +341,7 @@ class TritonModel:
         self._clients: list = []
         self._slots: "queue.LifoQueue[_ShmSlot]" = queue.LifoQueue()
         self._all_slots: list[_ShmSlot] = []
+        self._generation = 0
         self._lock = threading.Lock()
         self.description = f"Triton at {address}"
 
@@ -391,7 +407,7 @@ class TritonModel:
             else:
                 log.info("shared memory not available with %s (%s); using the network", self.address, _reason(exc))
             return False
-        probe.close()
+        probe.close(client)
         return True
 
     # -- prediction ---------------------------------------------------------------------------
@@ -415,12 +431,13 @@ class TritonModel:
                 return self._infer(array, batched)
             except ServerError as exc:
                 cause = exc.__cause__ or exc
-                if attempt >= self.options.retries or not _is_connection_error(cause):
+                if attempt >= self.options.retries or not _is_retryable(cause):
                     raise
                 delay = 0.5 * 2 ** attempt
                 log.warning("%s; retrying in %.1f s", exc, delay)
                 time.sleep(delay)
                 self._reset_client()
+                self._drop_slots()  # a restarted server knows none of our shared-memory regions
         raise AssertionError("unreachable")
 
     def _reset_client(self) -> None:
@@ -429,6 +446,30 @@ class TritonModel:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
+
+    def _drop_slots(self) -> None:
+        """Forget every slot: idle ones are closed now, busy ones when their request returns."""
+        with self._lock:
+            self._generation += 1
+        client = self._client()
+        while True:
+            try:
+                slot = self._slots.get_nowait()
+            except queue.Empty:
+                break
+            self._forget(slot, client)
+
+    def _forget(self, slot: _ShmSlot, client) -> None:
+        slot.close(client)
+        with self._lock:
+            if slot in self._all_slots:
+                self._all_slots.remove(slot)
+
+    def _release_slot(self, slot: _ShmSlot) -> None:
+        if slot.generation == self._generation:
+            self._slots.put(slot)
+        else:
+            self._forget(slot, self._client())
 
     def _output_shape(self, array: np.ndarray, batched: bool) -> tuple[int, ...] | None:
         item_in = array.shape[1:] if batched else array.shape
@@ -452,7 +493,11 @@ class TritonModel:
         try:
             if self.use_shm and out_shape is not None:
                 out_bytes = int(np.prod(out_shape)) * self.output.dtype.itemsize
-                slot = self._acquire_slot(client, array.nbytes, out_bytes)
+                try:
+                    slot = self._acquire_slot(client, array.nbytes, out_bytes)
+                except Exception as exc:
+                    raise ServerError(f"Triton at {self.address}: cannot register shared memory "
+                                      f"({_reason(exc)}).") from exc
                 import tritonclient.utils.shared_memory as shm
 
                 shm.set_shared_memory_region(slot.handles[0], [array])
@@ -478,7 +523,7 @@ class TritonModel:
             return output
         finally:
             if slot is not None:
-                self._slots.put(slot)
+                self._release_slot(slot)
 
     def _call(self, client, infer_input, requested):
         headers = self.options.headers or None
@@ -486,8 +531,13 @@ class TritonModel:
             if self.address.protocol == "grpc":
                 return client.infer(self.name, [infer_input], model_version=self.version, outputs=[requested],
                                     client_timeout=self.timeout_s, headers=headers)
-            return client.infer(self.name, [infer_input], model_version=self.version, outputs=[requested],
-                                headers=headers)
+            import gevent
+
+            # a hard deadline: geventhttpclient's network timeout does not cover every wait (a
+            # request to a model being unloaded was seen to hang for good without it)
+            with gevent.Timeout(self.timeout_s, TimeoutError(f"timed out after {self.timeout_s:.0f} s")):
+                return client.infer(self.name, [infer_input], model_version=self.version, outputs=[requested],
+                                    headers=headers)
         except Exception as exc:
             reason = _reason(exc)
             lowered = reason.lower()
@@ -514,20 +564,20 @@ class TritonModel:
             if slot is None:
                 slot = _ShmSlot(client, in_bytes, out_bytes)
                 with self._lock:
+                    slot.generation = self._generation
                     self._all_slots.append(slot)
                 return slot
-            if slot.sizes[0] >= in_bytes and slot.sizes[1] >= out_bytes:
+            if slot.generation == self._generation and slot.sizes[0] >= in_bytes and slot.sizes[1] >= out_bytes:
                 return slot
-            slot.close()
-            with self._lock:
-                self._all_slots.remove(slot)
+            self._forget(slot, client)
 
     def close(self) -> None:
         with self._lock:
             slots, self._all_slots = self._all_slots, []
             clients, self._clients = self._clients, []
+        mine = self._client() if slots else None
         for slot in slots:
-            slot.close()
+            slot.close(mine)
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
@@ -550,5 +600,5 @@ def check_same_model(expected: ModelSpec, served: ModelSpec, address: Address) -
 @atexit.register
 def cleanup_all_regions() -> None:
     for slot in list(_REGIONS):
-        slot.close()
+        slot.close()  # unlink only: the server drops its mapping when it sees the region gone or stops
 
