@@ -83,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=0)
     serve.add_argument("--grpc-port", type=int, default=0)
     serve.add_argument("--host", default="127.0.0.1")
+
+    bench = sub.add_parser("bench", help="the same scanning-window job through every path: time and memory "
+                                         "against the model alone (docs/benchmarks.md)")
+    bench.add_argument("--workload", default="brain",
+                       help="brain (T1 MRI, 160^3 windows), lung (chest CT, lung_ct app), brain-0.5mm (the MRI at "
+                            "0.5 mm, 8x the voxels) or tiny (a smoke test); default brain")
+    bench.add_argument("--quick", action="store_true", help="the tiny workload, one round (a smoke test)")
+    bench.add_argument("--repeat", type=int, default=3, help="timing rounds, interleaved (default 3)")
+    bench.add_argument("--json", dest="json_file", help="also write the results to this JSON file")
+    bench.add_argument("--variants", help="comma-separated subset of floor, local, triton-http, triton-grpc, "
+                                          "triton-shm, monai, json-transport (default: all the workload runs)")
+    bench.add_argument("--threads", type=int, default=None, help="onnxruntime and torch threads (default: all cores)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
+    bench.add_argument("--growth", nargs="+", metavar="JSON",
+                       help="print how time and memory grow between earlier --json results (smallest first)")
     return parser
 
 
@@ -95,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         # what the CLI already printed (result lines) goes to the log file only, not twice to the terminal
         handler.addFilter(lambda record: not getattr(record, "printed", False))
     handler = {"run": cmd_run, "apps": cmd_apps, "models": cmd_models, "serve": cmd_serve,
-               "new-app": cmd_new_app}[args.command]
+               "new-app": cmd_new_app, "bench": cmd_bench}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -276,6 +291,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main_args
+
+    return main_args(args)
 
 
 if __name__ == "__main__":
