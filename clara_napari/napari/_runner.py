@@ -1,0 +1,167 @@
+"""What the widget runs in its worker thread: resolve the server, open the model, segment (no Qt here)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.apps import App
+from ..core.backends.triton import TransportOptions, TritonBackend, _reason, make_client, parse_address, wait_ready
+from ..core.components import ScanWindowInferer
+from ..core.config import InferenceConfig
+from ..core.errors import Cancelled, ServerError
+from ..core.pipeline import Segmentation, segment_volume
+from ..core.progress import CancelToken
+from ..core.volume import Volume
+from ._servers import SERVERS, ServerPool
+
+EMBEDDED = "embedded"
+
+
+def is_embedded(server: str) -> bool:
+    return server.strip().lower() in ("", EMBEDDED)
+
+
+@dataclass
+class ServerInfo:
+    """Where a run goes: the address, what it is, and the models it serves (name → state)."""
+
+    address: str
+    description: str
+    models: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+
+    @property
+    def where(self) -> str:
+        host = parse_address(self.address).host
+        return "this machine" if host in ("127.0.0.1", "localhost", "::1") else host
+
+
+def resolve_server(server: str, protocol: str, repository: Path, *, pool: ServerPool = SERVERS) -> tuple[str, str, str]:
+    """(address, description, version): the embedded server (started if needed) or the address typed."""
+    protocol = protocol.lower()
+    if is_embedded(server):
+        embedded = pool.embedded(repository)
+        address = embedded.grpc_url if protocol == "grpc" else embedded.http_url
+        return address, f"embedded Triton {embedded.version}".strip(), embedded.version
+    address = parse_address(server, protocol)
+    return str(address), f"Triton at {address}", ""
+
+
+def read_models(address: str, *, ready_timeout_s: float = 15.0) -> dict[str, str]:
+    """The server's model repository index: model name → state (READY, UNAVAILABLE, ...)."""
+    parsed = parse_address(address)
+    options = TransportOptions(ready_timeout_s=ready_timeout_s)
+    client = make_client(parsed, options, 30.0)
+    try:
+        wait_ready(client, parsed, ready_timeout_s)
+        try:
+            index = client.get_model_repository_index()
+        except Exception as exc:
+            raise ServerError(f"Triton at {parsed}: cannot list the models ({_reason(exc)}).") from None
+        entries = index if isinstance(index, list) else [
+            {"name": m.name, "state": m.state} for m in index.models]
+        return {str(e.get("name", "")): str(e.get("state") or "UNKNOWN") for e in entries if e.get("name")}
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
+
+
+def connect(server: str, protocol: str, repository: Path, *, ready_timeout_s: float = 15.0,
+            pool: ServerPool = SERVERS) -> ServerInfo:
+    address, description, version = resolve_server(server, protocol, repository, pool=pool)
+    return ServerInfo(address, description, read_models(address, ready_timeout_s=ready_timeout_s), version)
+
+
+def configured(config: InferenceConfig, *, model: str | None = None, roi_size: list[int] | None = None,
+               overlap: float | None = None, blending: str | None = None,
+               requests_in_flight: int | None = None) -> InferenceConfig:
+    """A copy of ``config`` with the widget's choices (the app's own config is left untouched).
+
+    A model other than the app's drops the app's model loader (its ``config.pbtxt`` describes the
+    app's model). ``roi_size`` with a zero means "the model's own window".
+    """
+    inferer = config.inferer
+    updates: dict[str, Any] = {}
+    loader = config.model_loader
+    if model and model != inferer.model_name:
+        updates["model_name"] = model
+        loader = None
+    if isinstance(inferer, ScanWindowInferer):
+        if roi_size is not None:
+            updates["roi_size"] = [int(v) for v in roi_size] if all(int(v) > 0 for v in roi_size) else None
+        if overlap is not None:
+            updates["overlap"] = float(overlap)
+        if blending is not None:
+            updates["blending"] = blending
+    if requests_in_flight is not None:
+        updates["requests_in_flight"] = int(requests_in_flight)
+    return dataclasses.replace(config, inferer=inferer.model_copy(update=updates), model_loader=loader)
+
+
+@dataclass
+class Job:
+    """One run, prepared on the GUI thread and executed by :func:`run_job` in a worker thread."""
+
+    volume: Volume
+    app: App
+    config: InferenceConfig
+    server: str = EMBEDDED
+    protocol: str = "HTTP"
+    ready_timeout_s: float = 15.0
+    cancel: CancelToken = field(default_factory=CancelToken)
+    progress: Callable[[int, int], None] | None = None
+    stage: Callable[[str], None] | None = None
+    pool: ServerPool = SERVERS
+    #: runs in the worker after the segmentation (e.g. builds the result layer off the GUI thread)
+    prepare: Callable[[Segmentation], Any] | None = None
+
+
+@dataclass
+class Outcome:
+    """What a run ended with: a segmentation, a cancellation, or an error (the worker never raises)."""
+
+    segmentation: Segmentation | None = None
+    server: ServerInfo | None = None
+    cancelled: bool = False
+    error: BaseException | None = None
+    prepared: Any = None
+
+
+def run_job(job: Job) -> Outcome:
+    stage = job.stage or (lambda name: None)
+    info: ServerInfo | None = None
+    try:
+        stage("starting the embedded Triton server" if is_embedded(job.server) else "connecting")
+        address, description, version = resolve_server(job.server, job.protocol, job.app.model_repository, pool=job.pool)
+        info = ServerInfo(address, description, version=version)
+        if job.cancel.cancelled:
+            raise Cancelled("the inference was cancelled.")
+        stage("opening the model")
+        backend = TritonBackend(address, ready_timeout_s=job.ready_timeout_s)
+        try:
+            config = job.config
+            model = backend.open(job.app.model_repository, config.model_name, input_name=config.inferer.input_name,
+                                 output_name=config.inferer.output_name, version=config.inferer.model_version,
+                                 inferer=config.inferer, model_loader=config.model_loader)
+            try:
+                info.models = {config.model_name: "READY"}
+                segmentation = segment_volume(job.volume, config, model, progress=job.progress, cancel=job.cancel,
+                                              stage=stage)
+            finally:
+                model.close()
+        finally:
+            backend.close()
+        prepared = job.prepare(segmentation) if job.prepare is not None else None
+        if job.cancel.cancelled:   # finished just as Cancel was pressed: cancel still means "add nothing"
+            return Outcome(server=info, cancelled=True)
+        return Outcome(segmentation=segmentation, server=info, prepared=prepared)
+    except Cancelled:
+        return Outcome(server=info, cancelled=True)
+    except Exception as exc:  # handed to the GUI thread, shown as a notification
+        return Outcome(server=info, error=exc)

@@ -1,0 +1,566 @@
+"""The *Triton Inference* widget: pick an image, an app and a server, run, cancel, export.
+
+A magicgui :class:`~magicgui.widgets.Container`. Inference runs in a napari worker thread
+(:func:`napari.qt.threading.create_worker`); the worker reports windows done/total through a Qt
+signal (queued onto the GUI thread) to the widget's progress bar and a napari ``progress`` shown in
+the activity dock. Cancel sets the run's :class:`~clara_napari.core.progress.CancelToken`, which the
+scanning-window engine checks between batches; a cancelled run adds nothing. Errors become napari
+notifications. The embedded Triton server is started on first use and kept for later runs.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import napari
+import numpy as np
+from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
+                              SpinBox)
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QApplication
+
+from ..core.apps import App, list_apps, resolve_app
+from ..core.components import ScanWindowInferer
+from ..core.errors import ClaraNapariError
+from ..core.pipeline import Segmentation
+from ..core.volume import safe_stem, write_volume
+from ._geometry import AXIS_LABELS, KEY, UNITS, find_source_record, geometry_record, volume_to_layer
+from ._runner import EMBEDDED, Job, Outcome, ServerInfo, configured, connect, is_embedded, run_job
+from ._servers import SERVERS
+from ._settings import DEFAULTS, load_settings, save_settings
+from ._writer import layer_volume, smallest_label_dtype
+
+CONFIG_FILE = "config file…"
+PROTOCOLS = ("HTTP", "gRPC")
+
+
+def layer_attributes(layer) -> dict[str, Any]:
+    """The parts of a layer's state that carry its geometry (what npe2 hands a writer)."""
+    return {"scale": np.asarray(layer.scale), "translate": np.asarray(layer.translate),
+            "rotate": np.asarray(layer.rotate), "shear": np.asarray(layer.shear),
+            "affine": layer.affine.affine_matrix, "metadata": layer.metadata, "name": layer.name}
+
+
+def label_colormap(colors: dict[int, str]) -> DirectLabelColormap:
+    table: dict[int | None, Any] = {0: np.zeros(4), None: np.array([1.0, 1.0, 1.0, 1.0])}
+    for value, color in colors.items():
+        rgb = [int(color.lstrip("#")[i:i + 2], 16) / 255.0 for i in (0, 2, 4)]
+        table[int(value)] = np.array(rgb + [1.0])
+    return DirectLabelColormap(color_dict=table)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, ClaraNapariError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _model_window(app: App) -> list[int] | None:
+    """The window size fixed by the app's model (its ``config.pbtxt``), if the model fixes one."""
+    from ..core.backends.base import fixed_window, pick_tensor
+    from ..core.model_repository import read_model_config
+
+    config = app.config
+    try:
+        path = Path(config.model_loader.model_spec_file_name) if config.model_loader is not None \
+            else app.model_repository / config.model_name
+        spec = read_model_config(path)
+        return fixed_window(spec, pick_tensor(spec.inputs, config.inferer.input_name, "input", str(path)))
+    except Exception:  # unknown here: the server's model decides
+        return None
+
+
+def _warm_up() -> None:
+    """First-use costs of a Labels layer, paid in the worker instead of the GUI thread.
+
+    The first Labels layer of a session imports pandas (its features table) and has vispy build
+    its line dash patterns (cached per process) for the layer's polygon overlay; the first run
+    imports the Triton clients (grpc, gevent, protobuf). Done in a thread when the widget opens, so
+    neither the import work nor the full garbage collections it triggers land on a run's event loop.
+    """
+    try:
+        import google.protobuf.json_format  # noqa: F401
+        import google.protobuf.text_format  # noqa: F401
+        import pandas  # noqa: F401
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.grpc.model_config_pb2  # noqa: F401
+        import tritonclient.http  # noqa: F401
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
+    except Exception:  # only an optimisation
+        pass
+
+
+_WARM = threading.Lock()
+_warmed = False
+
+
+def _start_warm_up() -> None:
+    """Pay the first-use costs in a background thread as soon as the widget opens (once per process)."""
+    global _warmed
+    with _WARM:
+        if _warmed:
+            return
+        _warmed = True
+    threading.Thread(target=_warm_up, name="clara-napari-warm-up", daemon=True).start()
+
+
+def _work(job: Job) -> Outcome:
+    _warm_up()
+    return run_job(job)
+
+
+class _Bridge(QObject):
+    """Carries worker-thread reports onto the GUI thread (queued connections)."""
+
+    progressed = Signal(int, int)
+    staged = Signal(str)
+
+
+class TritonInferenceWidget(Container):
+    """Segment the chosen Image layer with a Clara app on a Triton server; the result is a Labels layer."""
+
+    #: seconds to wait for a server (and its model) to become ready
+    ready_timeout_s: float = 15.0
+
+    def __init__(self, viewer: napari.viewer.Viewer, *, settings: dict[str, str] | None = None) -> None:
+        super().__init__(labels=True)
+        # napari hands docked widgets a PublicOnlyProxy of the viewer, whose layers come back as new
+        # proxy objects on each access; the widget keeps layers as keys (which result belongs to which
+        # image), so it works with the viewer itself
+        self.viewer = getattr(viewer, "__wrapped__", viewer)
+        viewer = self.viewer
+        self._settings = load_settings() if settings is None else {**DEFAULTS, **settings}
+        self._worker = None
+        self._job: Job | None = None
+        self._pbar = None
+        self._started = 0.0
+        self._results: dict[int, Labels] = {}           # id(image layer) → its Labels layer
+        self._last: tuple[Image, Labels, App, str] | None = None
+        self._server_info: ServerInfo | None = None
+        self._bridge = _Bridge()
+        self._bridge.progressed.connect(self._on_progress)
+        self._bridge.staged.connect(self._on_stage)
+        self.last_outcome: Outcome | None = None
+
+        apps = [a.name for a in list_apps()]
+        saved_app = self._settings.get("app") or ""
+        self._image = ComboBox(label="image", choices=self._image_choices, nullable=False)
+        self._app = ComboBox(label="app", choices=apps + [CONFIG_FILE],
+                             value=saved_app if saved_app in apps + [CONFIG_FILE] else (apps[0] if apps else CONFIG_FILE))
+        self._app_file = FileEdit(label="config file", mode="r", filter="*.json",
+                                  value=self._settings.get("app_file") or "")
+        self._server = LineEdit(label="server", value=self._settings.get("server") or EMBEDDED)
+        self._server.tooltip = "'embedded' (a Triton server started here), or host:port, http://host:port, grpc://host:port"
+        self._protocol = ComboBox(label="protocol", choices=list(PROTOCOLS),
+                                  value=self._settings.get("protocol") if self._settings.get("protocol") in PROTOCOLS else "HTTP")
+        self._model_list: list[tuple[str, str]] = []
+        self._model = ComboBox(choices=self._model_choices)
+        self._refresh = PushButton(text="↻ models")
+        self._refresh.tooltip = "read the model list from the server (starts the embedded server if needed)"
+        model_row = Container(layout="horizontal", widgets=[self._model, self._refresh], labels=False, label="model")
+        model_row.margins = (0, 0, 0, 0)
+        self._roi = [SpinBox(min=0, max=2048, step=16, value=0) for _ in range(3)]
+        for spin, axis in zip(self._roi, "xyz"):
+            spin.tooltip = f"window size along {axis} in voxels of the model's input (0 = the model's own)"
+        roi_row = Container(layout="horizontal", widgets=self._roi, labels=False, label="window x, y, z")
+        roi_row.margins = (0, 0, 0, 0)
+        self._overlap = FloatSpinBox(label="overlap", min=0.0, max=0.95, step=0.05, value=0.25)
+        self._blending = ComboBox(label="blending", choices=["constant", "gaussian"], value="constant")
+        self._in_flight = SpinBox(label="requests in flight", min=1, max=64, value=2)
+        self._run = PushButton(text="Run")
+        self._bar = ProgressBar(label="windows", min=0, max=1, value=0)
+        self._status = Label(label="status", value="server not started")
+        self._status.native.setWordWrap(True)
+        self._export_dir = FileEdit(label="export to", mode="d", value=self._settings.get("export_dir") or "")
+        self._export = PushButton(text="Export MHD + publish bundle")
+        self.extend([self._image, self._app, self._app_file, self._server, self._protocol, model_row, roi_row,
+                     self._overlap, self._blending, self._in_flight, self._run, self._bar, self._status,
+                     self._export_dir, self._export])
+
+        self._app.changed.connect(self._on_app_changed)
+        self._app_file.changed.connect(self._on_app_changed)
+        self._server.changed.connect(self._on_server_changed)
+        self._protocol.changed.connect(self._on_server_changed)
+        self._export_dir.changed.connect(self._save_settings)
+        self._refresh.changed.connect(self.refresh_models)
+        self._run.changed.connect(self._on_run)
+        self._export.changed.connect(self.export)
+
+        # keep the image picker in sync with the viewer, docked or not
+        for emitter in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved,
+                        viewer.layers.events.reordered):
+            emitter.connect(self._layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._reset_images)
+        owner = id(self)
+        SERVERS.acquire(owner)
+        self._active: dict[str, Job] = {}      # the running job, for the close hook (which must not hold self)
+        active = self._active
+
+        def on_destroyed(*_args) -> None:      # the viewer closed: stop the run, then the server
+            job = active.get("job")
+            if job is not None:
+                job.cancel.cancel()
+            SERVERS.release(owner)
+
+        self.native.destroyed.connect(on_destroyed)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(SERVERS.stop_all)
+        self._on_app_changed()
+        _start_warm_up()
+
+    # -- choices and settings -----------------------------------------------------------------
+    def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb]
+
+    def _layers_changed(self, event=None) -> None:
+        value = getattr(event, "value", None)
+        if getattr(event, "type", "") == "inserted" and value is not None:
+            value.events.name.connect(self._reset_images)
+        if getattr(event, "type", "") == "removed" and value is not None:
+            self._results.pop(id(value), None)
+            value.events.name.disconnect(self._reset_images)
+        self._reset_images()
+
+    def _reset_images(self, event=None) -> None:
+        try:
+            self._image.reset_choices()
+        except RuntimeError:  # the Qt widget is gone (viewer closing)
+            pass
+
+    def _save_settings(self, *_args) -> None:
+        values = {"server": self._server.value.strip() or EMBEDDED, "protocol": self._protocol.value,
+                  "app": self._app.value, "app_file": str(self._app_file.value or ""),
+                  "export_dir": str(self._export_dir.value or "")}
+        if values["app_file"] in (".", ""):
+            values["app_file"] = ""
+        if values["export_dir"] in (".", ""):
+            values["export_dir"] = ""
+        self._settings.update(values)
+        save_settings(self._settings)
+
+    def current_app(self) -> App:
+        if self._app.value == CONFIG_FILE:
+            path = str(self._app_file.value or "")
+            if path in ("", "."):
+                raise ClaraNapariError("choose a config_inference.json file (app: config file…).")
+            return resolve_app(path)
+        return resolve_app(self._app.value)
+
+    def _on_app_changed(self, *_args) -> None:
+        self._app_file.visible = self._app.value == CONFIG_FILE
+        self._save_settings()
+        try:
+            app = self.current_app()
+            config = app.config
+        except Exception as exc:
+            self._status.value = f"app: {_message(exc)}"
+            return
+        inferer = config.inferer
+        scanning = isinstance(inferer, ScanWindowInferer) and config.scanning
+        roi = (inferer.roi_size or _model_window(app)) if scanning else None
+        for spin, value in zip(self._roi, roi or [0, 0, 0]):
+            spin.value = int(value)
+            spin.enabled = scanning
+        if scanning:
+            self._overlap.value = float(inferer.overlap)
+            self._blending.value = inferer.blending
+        self._overlap.enabled = self._blending.enabled = scanning
+        self._in_flight.value = int(inferer.requests_in_flight)
+        self._set_model_choices(default=config.model_name)
+        labels = ", ".join(config.label_names().values()) or "no labels listed"
+        self._status.value = f"app {app.name}: model {config.model_name}, labels: {labels}"
+
+    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
+        return list(self._model_list)
+
+    def _set_model_choices(self, default: str | None = None) -> None:
+        models = dict(self._server_info.models) if self._server_info else {}
+        default = default or self._model.value
+        names = sorted(set(models) | ({default} if default else set()))
+        self._model_list = [(f"{name} ({models[name]})" if name in models else name, name) for name in names]
+        self._model.reset_choices()
+        if default in names:
+            self._model.value = default
+
+    def _on_server_changed(self, *_args) -> None:
+        self._server_info = None
+        self._save_settings()
+        self._status.value = "server: embedded (started on first use)" if is_embedded(self._server.value) \
+            else f"server: {self._server.value.strip()} ({self._protocol.value})"
+
+    # -- server -------------------------------------------------------------------------------
+    def refresh_models(self, *_args):
+        """Read the model list from the server (in a worker; returns it)."""
+        try:
+            app = self.current_app()
+        except Exception as exc:
+            self._fail(exc)
+            return None
+        self._status.value = "starting the embedded Triton server…" if is_embedded(self._server.value) \
+            else f"connecting to {self._server.value.strip()}…"
+        self._refresh.enabled = False
+
+        def work():
+            try:
+                return connect(self._server.value, self._protocol.value, app.model_repository,
+                               ready_timeout_s=self.ready_timeout_s), None
+            except Exception as exc:
+                return None, exc
+
+        worker = create_worker(work, _start_thread=False)
+        worker.returned.connect(self._on_connected)
+        worker.finished.connect(lambda: setattr(self._refresh, "enabled", True))
+        worker.start()
+        return worker
+
+    def _on_connected(self, result) -> None:
+        info, error = result
+        if error is not None:
+            self._fail(error)
+            return
+        self._server_info = info
+        self._set_model_choices()
+        self._status.value = self._server_line(info, self._model.value)
+
+    def _server_line(self, info: ServerInfo, model: str | None) -> str:
+        state = info.models.get(model or "", "not on the server") if info.models else ""
+        where = "this machine (CPU, onnxruntime)" if info.description.startswith("embedded") else info.where
+        return f"{info.description} ready at {info.address} · model {model} {state} · runs on {where}".replace("  ", " ")
+
+    # -- run / cancel -------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _on_run(self, *_args) -> None:
+        if self._worker is not None:
+            self.cancel()
+            return
+        self.run()
+
+    def run(self):
+        """Start a run on the selected image (returns the worker, or None when nothing could start)."""
+        layer = self._image.value
+        if layer is None:
+            show_warning("Triton Inference: open a 3D image first (File → Open Sample → clara-napari).")
+            return None
+        try:
+            app = self.current_app()
+            volume = layer_volume(layer.data, layer_attributes(layer), records=[layer.metadata])
+            config = configured(app.config, model=self._model.value, roi_size=[s.value for s in self._roi],
+                                overlap=self._overlap.value, blending=self._blending.value,
+                                requests_in_flight=self._in_flight.value)
+        except Exception as exc:
+            self._fail(exc)
+            return None
+        self._job = Job(volume=volume, app=app, config=config, server=self._server.value, protocol=self._protocol.value,
+                        ready_timeout_s=self.ready_timeout_s, progress=self._bridge.progressed.emit,
+                        stage=self._bridge.staged.emit, prepare=self._preparer(layer, app))
+        self._active["job"] = self._job
+        self._source, self._run_app = layer, app
+        self._started = time.perf_counter()
+        self._bar.max, self._bar.value = 1, 0
+        self._pbar = napari_progress(total=0, desc=f"Triton Inference: {layer.name}")
+        worker = create_worker(_work, self._job, _start_thread=False)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._run.text = "Cancel"
+        self._status.value = f"running {app.name} on {layer.name}…"
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        if self._job is not None and not self._job.cancel.cancelled:
+            self._job.cancel.cancel()
+            self._status.value = "cancelling (after the batch in flight)…"
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if self._job is None:
+            return
+        self._bar.max = max(total, 1)
+        self._bar.value = min(done, total)
+        if self._pbar is not None:
+            if self._pbar.total != total:
+                self._pbar.total = total
+            self._pbar.update(done - self._pbar.n)
+        self._status.value = f"inference: window {done}/{total}"
+
+    def _on_stage(self, name: str) -> None:
+        # the status line only: every visible change repaints the window (the activity dock's
+        # description is set once per run)
+        if self._job is not None and not self._job.cancel.cancelled:
+            self._status.value = f"{name}…"
+
+    def _on_returned(self, outcome: Outcome) -> None:
+        self.last_outcome = outcome
+        if outcome.server is not None:
+            self._server_info = outcome.server if self._server_info is None or \
+                self._server_info.address != outcome.server.address else self._server_info
+        if outcome.cancelled:
+            self._status.value = "cancelled: nothing added"
+            show_info("Triton Inference: cancelled; nothing was added.")
+        elif outcome.error is not None:
+            self._fail(outcome.error)
+        elif outcome.segmentation is not None:
+            try:
+                self._show_result(outcome.segmentation, outcome.prepared)
+            except Exception as exc:
+                self._fail(exc)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._job = None
+        self._active.pop("job", None)
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        try:
+            self._run.text = "Run"
+        except RuntimeError:
+            pass
+
+    def _fail(self, exc: BaseException) -> None:
+        message = _message(exc)
+        try:
+            self._status.value = f"failed: {message}"
+        except RuntimeError:
+            pass
+        show_error(f"Triton Inference: {message}")
+
+    # -- result -------------------------------------------------------------------------------
+    def _preparer(self, source: Image, app: App):
+        """A function for the worker thread: the result's layer data (and a new Labels layer, built there).
+
+        Building the layer off the GUI thread keeps its cost (features table, colormap) out of the
+        event loop; only inserting it into the viewer happens on the GUI thread.
+        """
+        attributes = layer_attributes(source)
+        shape = np.shape(source.data)
+        names, colors = app.config.label_names(), app.config.label_colors()
+        base_name = f"{source.name} labels"
+        source_name = source.name
+        transform = {"scale": np.array(source.scale), "translate": np.array(source.translate),
+                     "rotate": np.array(source.rotate), "affine": source.affine.affine_matrix.copy()}
+        existing = self._results.get(id(source))
+        build = existing is None or existing not in self.viewer.layers
+
+        def prepare(segmentation: Segmentation) -> dict[str, Any]:
+            labels_volume = segmentation.labels
+            extra = {"app": str(app.config_path), "model": segmentation.model, "source_layer": source_name,
+                     "labels": {str(v): [names[v], colors[v]] for v in names}}
+            record = find_source_record(shape, attributes, [attributes["metadata"]])
+            if record is not None:
+                data, kwargs = volume_to_layer(labels_volume, name=base_name, kind="labels", **extra)
+            else:  # a layer made in code: same grid, same transform as the source layer
+                data = labels_volume.array
+                kwargs = {"name": base_name, "units": UNITS, "axis_labels": AXIS_LABELS, **transform,
+                          "metadata": {KEY: geometry_record(labels_volume, (0, 1, 2), kind="labels", **extra)}}
+            values = sorted(names)
+            kwargs["features"] = {"index": np.array([0] + values),
+                                  "name": ["background"] + [names[v] for v in values]}
+            kwargs["colormap"] = label_colormap(colors)
+            prepared = {"data": data, "kwargs": kwargs, "layer": None,
+                        "voxels": int(np.count_nonzero(labels_volume.array)),
+                        "ml": labels_volume.physical_volume_ml()}
+            if build:
+                prepared["layer"] = Labels(data, opacity=0.5, **kwargs)
+            return prepared
+
+        return prepare
+
+    def _show_result(self, segmentation: Segmentation, prepared: dict[str, Any]) -> None:
+        source: Image = self._source
+        app = self._run_app
+        kwargs = prepared["kwargs"]
+        layer = self._results.get(id(source))
+        if layer is not None and layer in self.viewer.layers:
+            # in place: only what changed (each transform change re-slices the layer)
+            for key in ("scale", "translate", "rotate"):
+                if not np.array_equal(np.asarray(getattr(layer, key)), np.asarray(kwargs[key])):
+                    setattr(layer, key, kwargs[key])
+            old = layer.metadata.get(KEY, {})
+            layer.metadata = kwargs["metadata"]
+            if old.get("labels") != kwargs["metadata"][KEY].get("labels"):
+                layer.colormap = kwargs["colormap"]
+                layer.features = kwargs["features"]
+            layer.data = prepared["data"]
+        else:
+            layer = prepared["layer"] if prepared["layer"] is not None else \
+                Labels(prepared["data"], opacity=0.5, **kwargs)
+            self.viewer.layers.append(layer)
+            self._results[id(source)] = layer
+        self._last = (source, layer, app, segmentation.model)
+        seconds = time.perf_counter() - self._started
+        info = self._server_info
+        where = self._server_line(info, segmentation.model) if info else segmentation.backend
+        self._status.value = (f"done in {seconds:.1f} s: {prepared['voxels']} voxels labelled ({prepared['ml']:.1f} ml) "
+                              f"in '{layer.name}' · {where}")
+
+    @property
+    def result_layer(self) -> Labels | None:
+        """The Labels layer of the image picked now (after a run), if any."""
+        source = self._image.value
+        layer = self._results.get(id(source)) if source is not None else None
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    # -- export -------------------------------------------------------------------------------
+    def export(self, *_args, folder: str | Path | None = None):
+        """Write ``<folder>/output/<name>.mhd`` and the publish bundle ``<folder>/publish/`` (in a worker)."""
+        from ..core.components import VolumeWriter
+        from ..core.publish import write_publish_bundle
+
+        target = Path(folder) if folder is not None else Path(str(self._export_dir.value or ""))
+        if str(target) in ("", "."):
+            show_warning("Triton Inference: choose a folder to export to.")
+            return None
+        if self._last is None or self._last[1] not in self.viewer.layers or self._last[0] not in self.viewer.layers:
+            show_warning("Triton Inference: run a segmentation first; there is nothing to export.")
+            return None
+        source, labels_layer, app, model = self._last
+        try:
+            image = layer_volume(source.data, layer_attributes(source), records=[source.metadata])
+            labels = layer_volume(labels_layer.data, layer_attributes(labels_layer), records=[source.metadata])
+            labels = labels.with_array(labels.array.astype(smallest_label_dtype(labels.array), copy=False), path=None)
+            if not labels.same_grid(image):
+                raise ClaraNapariError(f"the Labels layer '{labels_layer.name}' is no longer on the grid of '{source.name}'.")
+        except Exception as exc:
+            self._fail(exc)
+            return None
+        stem = safe_stem(image.name if image.path is not None else source.name)
+
+        def work():
+            try:
+                header = write_volume(labels, target / "output" / f"{stem}.mhd", forbid=[image.path] if image.path else [])
+                segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), labels)], model=model)
+                bundle = write_publish_bundle(target / "publish", segmentation, app, overwrite=True, name=stem)
+                return [header, *bundle], None
+            except Exception as exc:
+                return None, exc
+
+        def done(result):
+            paths, error = result
+            if error is not None:
+                self._fail(error)
+                return
+            self.last_export = paths
+            self._status.value = f"exported {paths[0].name} and the publish bundle to {target}"
+            show_info(f"Triton Inference: exported to {target}")
+
+        self._status.value = f"exporting to {target}…"
+        worker = create_worker(work, _start_thread=False)
+        worker.returned.connect(done)
+        worker.start()
+        return worker
