@@ -35,6 +35,29 @@ def _add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-shm", action="store_true", help="never use system shared memory with Triton")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for a server or a request")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (local and embedded)")
+    parser.add_argument("--retries", type=int, default=None, help="retries after a lost connection (default 2)")
+    parser.add_argument("--ready-timeout", type=float, default=None,
+                        help="seconds to wait for the server and model to be ready (default 60)")
+    parser.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra request header (e.g. an auth token), repeatable; "
+                             "also from $CLARA_NAPARI_HEADERS (KEY=VALUE;KEY=VALUE)")
+    parser.add_argument("--ssl-ca", help="CA certificate file for https:// and grpcs:// servers")
+    parser.add_argument("--ssl-cert", help="client certificate file (with --ssl-key)")
+    parser.add_argument("--ssl-key", help="client private key file (with --ssl-cert)")
+
+
+def parse_headers(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` items (and ``$CLARA_NAPARI_HEADERS``) → a header dict."""
+    from .core.errors import ServerError
+
+    env = [p for p in os.environ.get("CLARA_NAPARI_HEADERS", "").split(";") if p.strip()]
+    headers = {}
+    for item in env + list(items):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ServerError(f"header {item!r} is not KEY=VALUE.")
+        headers[key.strip()] = value.strip()
+    return headers
 
 
 def _server_options(args: argparse.Namespace) -> dict:
@@ -45,6 +68,16 @@ def _server_options(args: argparse.Namespace) -> dict:
         options["shared_memory"] = False
     if getattr(args, "timeout", None):
         options["timeout_s"] = args.timeout
+    if getattr(args, "retries", None) is not None:
+        options["retries"] = args.retries
+    if getattr(args, "ready_timeout", None):
+        options["ready_timeout_s"] = args.ready_timeout
+    headers = parse_headers(getattr(args, "header", []) or [])
+    if headers:
+        options["headers"] = headers
+    for name in ("ssl_ca", "ssl_cert", "ssl_key"):
+        if getattr(args, name, None):
+            options[name] = getattr(args, name)
     return options
 
 

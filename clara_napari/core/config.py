@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from . import transforms as _transforms  # noqa: F401  (registers the transforms)
 from .components import INFERERS, MODEL_LOADERS, WRITERS, InfererSpec, TritonModelLoader, VolumeWriter, Writer
 from .errors import ConfigError
-from .registry import Registry
+from .registry import Registry, load_plugins
 from .transforms import TRANSFORMS, Transform
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ def load_config(path: str | Path, placeholders: dict[str, str] | None = None) ->
 
 
 def parse_config(raw: Any, *, file: str = "", placeholders: dict[str, str] | None = None) -> InferenceConfig:
+    load_plugins()
     if not isinstance(raw, dict):
         raise ConfigError(f"the top level must be a JSON object, got {type(raw).__name__}.", file=file)
     for key in raw:

@@ -106,6 +106,39 @@ class Registry:
         return component
 
 
+ENTRY_POINT_GROUP = "clara_napari.components"
+_plugins_loaded = False
+
+
+def load_plugins() -> list[str]:
+    """Import the modules named in the ``clara_napari.components`` entry-point group, once.
+
+    This is how custom transforms, inferers and writers are added: a package installed by the
+    user declares, in its own metadata,
+
+        [options.entry_points]
+        clara_napari.components =
+            my_transforms = my_package.transforms
+
+    and ``my_package.transforms`` registers its classes with ``@TRANSFORMS.register("Name")``.
+    Installing the package is the opt-in; a config file alone can never import anything.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return []
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+            loaded.append(entry.value)
+        except Exception as exc:  # a broken plugin must not break the built-in components
+            log.warning("clara-napari plugin %s (%s) failed to load: %s", entry.name, entry.value, exc)
+    return loaded
+
+
 def _config_error(exc: pydantic.ValidationError, cls: type[BaseModel], path: str, file: str) -> ConfigError:
     err = exc.errors(include_url=False)[0]
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])

@@ -197,7 +197,8 @@ class EmbeddedServer:
 
     def __init__(self, repository: str | Path, *, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0,
                  metrics_port: int = 0, startup_timeout: float = 120.0, threads: int | None = None,
-                 grpc_tls: dict[str, str] | None = None, extra_args: list[str] | None = None) -> None:
+                 grpc_tls: dict[str, str] | None = None, extra_args: list[str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
@@ -205,6 +206,8 @@ class EmbeddedServer:
         self.threads = threads or os.cpu_count() or 1
         self.grpc_tls = grpc_tls
         self.extra_args = list(extra_args or [])
+        #: headers for this launcher's own readiness polls (a server started with restricted APIs)
+        self.headers = dict(headers or {})
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
         self.log_path: Path | None = None
@@ -383,7 +386,7 @@ class EmbeddedServer:
             if self.process is None or self.process.poll() is not None:
                 raise ServerError(f"the embedded Triton server exited during start-up: {self._log_reason()}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers), timeout=2) as response:
                     if response.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -395,7 +398,8 @@ class EmbeddedServer:
             time.sleep(0.25)
         # remembered now: if the server is killed, its stubs may die before they can unlink them
         self.shm_regions = _stub_regions(self.process.pid)
-        with contextlib.suppress(Exception), urllib.request.urlopen(f"{self.http_url}/v2", timeout=5) as response:
+        with contextlib.suppress(Exception), urllib.request.urlopen(
+                urllib.request.Request(f"{self.http_url}/v2", headers=self.headers), timeout=5) as response:
             import json
 
             self.version = json.load(response).get("version", "")

@@ -148,10 +148,11 @@ class TritonBackend:
     def list_models(self, repository: Path | None = None) -> list[str]:
         address = self.resolve(None, repository)
         client = make_client(address, self.options, 30.0)
-        wait_ready(client, address, self.options.ready_timeout_s)
+        headers = self.options.headers
+        wait_ready(client, address, self.options.ready_timeout_s, headers)
         rows = [f"server {address}"]
         try:
-            index = client.get_model_repository_index()
+            index = client.get_model_repository_index(headers=headers)
         except Exception as exc:
             raise ServerError(f"Triton at {address}: cannot list the models ({_reason(exc)}).") from None
         entries = index if isinstance(index, list) else [
@@ -160,7 +161,7 @@ class TritonBackend:
             line = f"{entry.get('name', ''):<28} version {entry.get('version') or '-':<4} {entry.get('state') or 'UNKNOWN'}"
             if entry.get("state") == "READY":
                 with contextlib.suppress(Exception):
-                    spec = server_model_spec(client, address, entry["name"])
+                    spec = server_model_spec(client, address, entry["name"], headers=headers)
                     line += ("  in " + ", ".join(t.describe() for t in spec.inputs) +
                              "  out " + ", ".join(t.describe() for t in spec.outputs) +
                              f"  max_batch {spec.max_batch_size}")
@@ -176,6 +177,14 @@ class TritonBackend:
 
 # -- clients ---------------------------------------------------------------------------------
 def make_client(address: Address, options: TransportOptions, timeout_s: float):
+    """A tritonclient client for ``address``: TLS with a CA file (and an optional client
+    certificate) for ``https://`` and ``grpcs://``."""
+    for name in ("ssl_ca", "ssl_cert", "ssl_key"):
+        value = getattr(options, name)
+        if value and not Path(value).is_file():
+            raise ServerError(f"Triton at {address}: the {name.replace('_', ' ')} file {value} does not exist.")
+    if bool(options.ssl_cert) != bool(options.ssl_key):
+        raise ServerError(f"Triton at {address}: a client certificate needs both --ssl-cert and --ssl-key.")
     try:
         if address.protocol == "grpc":
             import tritonclient.grpc as tgrpc
@@ -191,29 +200,40 @@ def make_client(address: Address, options: TransportOptions, timeout_s: float):
         if address.tls:
             import gevent.ssl
 
-            context = gevent.ssl.create_default_context(cafile=options.ssl_ca)
+            ssl_options = {}
+            if options.ssl_ca:
+                ssl_options["ca_certs"] = options.ssl_ca
             if options.ssl_cert:
-                context.load_cert_chain(options.ssl_cert, options.ssl_key)
-            kwargs.update(ssl=True, ssl_context_factory=lambda: context, insecure=False)
+                ssl_options.update(certfile=options.ssl_cert, keyfile=options.ssl_key)
+            kwargs.update(ssl=True, ssl_options=ssl_options, ssl_context_factory=gevent.ssl.create_default_context,
+                          insecure=False)
         return thttp.InferenceServerClient(address.url, **kwargs)
     except Exception as exc:
         raise ServerError(f"Triton at {address}: cannot create a client ({_reason(exc)}).") from None
 
 
-def wait_ready(client, address: Address, timeout_s: float) -> None:
+def wait_ready(client, address: Address, timeout_s: float, headers: dict[str, str] | None = None) -> None:
     """Poll readiness every 0.5 s (as the original operator did) until ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last = ""
     checked_v1 = False
     while True:
         try:
-            if client.is_server_ready():
+            if client.is_server_ready(headers=headers):
                 return
             last = "the server is not ready"
         except Exception as exc:
             last = _reason(exc)
+            if any(word in last.lower() for word in ("restricted", "unauthorized", "forbidden", "unauthenticated",
+                                                      "permission denied")):
+                raise ServerError(f"Triton at {address} refused the request ({last}); pass the header it "
+                                  "expects with --header KEY=VALUE.") from None
         if address.protocol == "http" and not checked_v1:
-            checked_v1 = _answers_http(address)
+            status, body = _http_probe(address, headers)
+            checked_v1 = status is not None
+            if status in (401, 403):
+                raise ServerError(f"Triton at {address} refused the request ({body or status}); pass the header it "
+                                  "expects with --header KEY=VALUE.")
             if checked_v1 and _speaks_v1(address):
                 raise ServerError(f"Triton at {address} speaks the TRTIS v1 API (/api/status); clara-napari needs the "
                                   "KServe v2 protocol of Triton 20.x or newer.")
@@ -222,16 +242,21 @@ def wait_ready(client, address: Address, timeout_s: float) -> None:
         time.sleep(POLL_S)
 
 
-def _answers_http(address: Address) -> bool:
-    """Something answers HTTP there (any status), so it is worth asking which protocol it speaks."""
+def _http_probe(address: Address, headers: dict[str, str] | None) -> tuple[int | None, str]:
+    """Status and short body of ``/v2/health/ready`` (``None`` when nothing answers HTTP there)."""
     scheme = "https" if address.tls else "http"
+    request = urllib.request.Request(f"{scheme}://{address.url}/v2/health/ready", headers=headers or {})
     try:
-        urllib.request.urlopen(f"{scheme}://{address.url}/v2/health/ready", timeout=2).close()
-    except urllib.error.HTTPError:
-        return True
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status, ""
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read().decode("utf-8", "replace") or "{}").get("error", "")
+        except (ValueError, AttributeError):
+            body = ""
+        return exc.code, " ".join(str(body).split())[:200]
     except Exception:
-        return False
-    return True
+        return None, ""
 
 
 def _speaks_v1(address: Address) -> bool:
@@ -251,11 +276,15 @@ def _speaks_v1(address: Address) -> bool:
     return False
 
 
-def server_model_spec(client, address: Address, name: str, version: str = "") -> ModelSpec:
+def server_model_spec(client, address: Address, name: str, version: str = "",
+                      headers: dict[str, str] | None = None) -> ModelSpec:
     from google.protobuf import json_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    config = client.get_model_config(name, version)
+    try:
+        config = client.get_model_config(name, version, headers=headers)
+    except Exception as exc:
+        raise ServerError(f"Triton at {address}: cannot read the config of model {name!r} ({_reason(exc)}).") from None
     if isinstance(config, dict):  # HTTP: the JSON form
         message = json_format.ParseDict(config, mc.ModelConfig(), ignore_unknown_fields=True)
     else:
@@ -293,7 +322,7 @@ class _ShmSlot:
     that made it, and using it from another thread can block for good.
     """
 
-    def __init__(self, client, in_bytes: int, out_bytes: int) -> None:
+    def __init__(self, client, in_bytes: int, out_bytes: int, headers: dict[str, str] | None = None) -> None:
         import tritonclient.utils.shared_memory as shm
 
         tag = f"clara_napari_{os.getpid()}_{next(_COUNTER)}"
@@ -305,20 +334,20 @@ class _ShmSlot:
             for name, size in zip(self.names, self.sizes):
                 self.handles.append(shm.create_shared_memory_region(name, f"/{name}", size))
             for name, size in zip(self.names, self.sizes):
-                client.register_system_shared_memory(name, f"/{name}", size)
+                client.register_system_shared_memory(name, f"/{name}", size, headers=headers)
         except BaseException:
-            self.close(client)
+            self.close(client, headers)
             raise
         _REGIONS.add(self)
 
-    def close(self, client=None) -> None:
+    def close(self, client=None, headers: dict[str, str] | None = None) -> None:
         """Unregister (with ``client``, best effort) and unlink the regions."""
         import tritonclient.utils.shared_memory as shm
 
         if client is not None:
             for name in self.names:
                 with contextlib.suppress(Exception):
-                    client.unregister_system_shared_memory(name)
+                    client.unregister_system_shared_memory(name, headers=headers)
         for handle in self.handles:
             with contextlib.suppress(Exception):
                 shm.destroy_shared_memory_region(handle)
@@ -346,9 +375,10 @@ class TritonModel:
         self.description = f"Triton at {address}"
 
         client = self._client()
-        wait_ready(client, address, self.options.ready_timeout_s)
+        self.headers = self.options.headers or None
+        wait_ready(client, address, self.options.ready_timeout_s, self.headers)
         self._wait_model(client)
-        self.spec = server_model_spec(client, address, name, version)
+        self.spec = server_model_spec(client, address, name, version, self.headers)
         if expected is not None:
             check_same_model(expected, self.spec, address)
         where = f"Triton at {address}, model {name!r}"
@@ -373,7 +403,7 @@ class TritonModel:
         deadline = time.monotonic() + self.options.ready_timeout_s
         while True:
             try:
-                if client.is_model_ready(self.name, self.version):
+                if client.is_model_ready(self.name, self.version, headers=self.headers):
                     return
             except Exception as exc:
                 if _is_connection_error(exc):
@@ -389,7 +419,7 @@ class TritonModel:
 
     def _index(self, client) -> tuple[set[str], dict[str, str]]:
         try:
-            index = client.get_model_repository_index()
+            index = client.get_model_repository_index(headers=self.headers)
         except Exception:
             return set(), {}
         entries = index if isinstance(index, list) else [{"name": m.name, "state": m.state} for m in index.models]
@@ -400,14 +430,14 @@ class TritonModel:
         if not self.address.is_local or self.options.shared_memory is False:
             return False
         try:
-            probe = _ShmSlot(client, 64, 64)
+            probe = _ShmSlot(client, 64, 64, self.headers)
         except Exception as exc:
             if self.options.shared_memory:
                 log.warning("Triton at %s refused shared memory (%s); using the network", self.address, _reason(exc))
             else:
                 log.info("shared memory not available with %s (%s); using the network", self.address, _reason(exc))
             return False
-        probe.close(client)
+        probe.close(client, self.headers)
         return True
 
     # -- prediction ---------------------------------------------------------------------------
@@ -460,7 +490,7 @@ class TritonModel:
             self._forget(slot, client)
 
     def _forget(self, slot: _ShmSlot, client) -> None:
-        slot.close(client)
+        slot.close(client, self.headers)
         with self._lock:
             if slot in self._all_slots:
                 self._all_slots.remove(slot)
@@ -526,7 +556,7 @@ class TritonModel:
                 self._release_slot(slot)
 
     def _call(self, client, infer_input, requested):
-        headers = self.options.headers or None
+        headers = self.headers
         try:
             if self.address.protocol == "grpc":
                 return client.infer(self.name, [infer_input], model_version=self.version, outputs=[requested],
@@ -562,7 +592,7 @@ class TritonModel:
             except queue.Empty:
                 slot = None
             if slot is None:
-                slot = _ShmSlot(client, in_bytes, out_bytes)
+                slot = _ShmSlot(client, in_bytes, out_bytes, self.headers)
                 with self._lock:
                     slot.generation = self._generation
                     self._all_slots.append(slot)
@@ -577,7 +607,7 @@ class TritonModel:
             clients, self._clients = self._clients, []
         mine = self._client() if slots else None
         for slot in slots:
-            slot.close(mine)
+            slot.close(mine, self.headers)
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
