@@ -123,6 +123,23 @@ def write_app(folder: Path, config: dict) -> Path:
     return folder
 
 
+def brain_app(folder: Path, **inferer_args):
+    """The bundled brain app with other inferer args (e.g. a smaller ``roi_size``), as an App."""
+    from clara_napari.core.apps import resolve_app
+
+    config = bundled_config()
+    config["inferer"]["args"].update(inferer_args)
+    return resolve_app(write_app(folder, config))
+
+
+def t1_crop(z: slice, y: slice, x: slice) -> Volume:
+    """A crop of the real T1 MRI, keeping its geometry (as the pipeline sees any volume)."""
+    from clara_napari.core.volume import read_volume
+
+    full = read_volume(Path(__file__).resolve().parents[1] / "sample_data/mr_t1/mr_t1_colin27.nii.gz")
+    return full.with_array(np.ascontiguousarray(full.array[z, y, x]))
+
+
 # -- a model handle backed by a plain function (for pipeline tests that do not test the network) --
 class FunctionModel:
     """A :class:`~clara_napari.core.backends.base.ModelHandle` that runs ``fn`` on each batch."""

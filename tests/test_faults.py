@@ -1,7 +1,6 @@
 """Server faults against the real embedded Triton: killed, restarted, model unloaded mid-run."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -13,9 +12,9 @@ import pytest
 
 import clara_napari as cn
 from clara_napari.cli import main
-from clara_napari.core.apps import resolve_app
 from clara_napari.core.errors import ServerError
 from clara_napari.core.server import EmbeddedServer, _group_members, free_port
+from conftest import brain_app, t1_crop
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,18 +28,13 @@ def shm_names(prefix: str) -> set[str]:
 @pytest.fixture(scope="module")
 def volume():
     """A real T1 crop: 120 x 120 x 100 voxels."""
-    full = cn.read_volume(ROOT / "sample_data/mr_t1/mr_t1_colin27.nii.gz")
-    return full.with_array(np.ascontiguousarray(full.array[40:140, 50:170, 30:150]))
+    return t1_crop(slice(40, 140), slice(50, 170), slice(30, 150))
 
 
 @pytest.fixture(scope="module")
 def small_window_app(tmp_path_factory):
     """The brain app with 64^3 windows, so a run has many requests (27 windows here)."""
-    folder = tmp_path_factory.mktemp("app64")
-    config = json.loads(resolve_app("brain_extraction_t1").config_path.read_text())
-    config["inferer"]["args"].update(roi_size=[64, 64, 64], overlap=0.25, requests_in_flight=2)
-    (folder / "config_inference.json").write_text(json.dumps(config))
-    return resolve_app(folder)
+    return brain_app(tmp_path_factory.mktemp("app64"), roi_size=[64, 64, 64], overlap=0.25, requests_in_flight=2)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 TLS-terminating proxy, and auth headers on a server whose APIs are restricted."""
 from __future__ import annotations
 
-import json
 import select
 import socket
 import ssl
@@ -15,9 +14,9 @@ import pytest
 
 import clara_napari as cn
 from clara_napari.cli import main
-from clara_napari.core.apps import resolve_app
 from clara_napari.core.errors import ServerError
 from clara_napari.core.server import EmbeddedServer
+from conftest import brain_app, t1_crop
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,17 +47,12 @@ def certs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def volume():
-    full = cn.read_volume(ROOT / "sample_data/mr_t1/mr_t1_colin27.nii.gz")
-    return full.with_array(np.ascontiguousarray(full.array[40:136, 60:156, 40:136]))
+    return t1_crop(slice(40, 136), slice(60, 156), slice(40, 136))
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("app96")
-    config = json.loads(resolve_app("brain_extraction_t1").config_path.read_text())
-    config["inferer"]["args"]["roi_size"] = [96, 96, 96]
-    (folder / "config_inference.json").write_text(json.dumps(config))
-    return resolve_app(folder)
+    return brain_app(tmp_path_factory.mktemp("app96"), roi_size=[96, 96, 96])
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from typing import Callable
 
 import numpy as np
 
-from .apps import App
 from .backends.base import ModelHandle, check_input_shape, fixed_window
 from .components import ClassificationResult, ClassificationWriter, SimpleInferer, Writer
 from .config import InferenceConfig
