@@ -40,9 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     viewer.open_sample("clara-napari", "mr_t1")
     _, widget = viewer.window.add_plugin_dock_widget("clara-napari", "Triton Inference")
     widget._app.value = args.app
+    from clara_napari.napari._widget import WARM
+
     loop = QEventLoop()
+    while not WARM.is_set():              # the panel's one-time warm-up (a user takes a moment to click Run)
+        napari.qt.get_qapp().processEvents()
+        time.sleep(0.02)
     for run in range(args.runs):
-        meter = StallMeter(10).start()
+        meter = StallMeter(10)
+        meter.note = lambda: widget._status.value[:40]
+        meter.start()
         started = time.perf_counter()
         worker = widget.run()
         if worker is None:
@@ -56,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"run {run + 1}: {time.perf_counter() - started:.1f} s, longest event-loop stall {stall:.0f} ms "
               f"({meter.ticks} ticks of 10 ms)")
+        worst = sorted(meter.long_gaps, key=lambda g: -g[1])[:3]
+        print("  longest gaps: " + "; ".join(f"{ms:.0f} ms at {at:.1f} s ({note})" for at, ms, note in worst))
     print(widget._status.value)
     image = viewer.layers[0]
     viewer.dims.set_point(0, image.translate[0] + image.scale[0] * (image.data.shape[0] * 0.45))

@@ -218,3 +218,20 @@ def test_image_picker_follows_the_viewer_outside_a_dock(make_napari_viewer):
     assert {widget._image.native.itemText(i) for i in range(widget._image.native.count())} == {"renamed", "second"}
     viewer.layers.remove(first)
     assert list(widget._image.choices) == [second]
+
+
+def test_closing_the_viewer_mid_run_stops_the_run_and_the_server(make_napari_viewer, qtbot, crop):
+    viewer, image, widget = open_with_widget(make_napari_viewer, crop["path"], crop["many_windows_app"])
+    closed = []
+
+    def on_progress(done, total):
+        if not closed:
+            closed.append(done)
+            viewer.close()
+
+    widget._bridge.progressed.connect(on_progress)
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert closed
+    assert widget.last_outcome is None          # nothing was shown in (or added to) the closed viewer
+    qtbot.waitUntil(lambda: not SERVERS.running(), timeout=30_000)

@@ -76,15 +76,20 @@ class StallMeter:
         self.interval_ms = interval_ms
         self.max_gap_ms = 0.0
         self.ticks = 0
+        #: (seconds since start, gap in ms, note) for every gap over ``4 * interval_ms``
+        self.long_gaps: list[tuple[float, float, str]] = []
+        #: called at each long gap for a note (e.g. the widget's status line)
+        self.note = lambda: ""
         self._last = 0.0
+        self._start = 0.0
         self._timer = QTimer()
         self._timer.setTimerType(Qt.TimerType.PreciseTimer)
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self._tick)
 
     def start(self) -> "StallMeter":
-        self.max_gap_ms, self.ticks = 0.0, 0
-        self._last = time.perf_counter()
+        self.max_gap_ms, self.ticks, self.long_gaps = 0.0, 0, []
+        self._last = self._start = time.perf_counter()
         self._timer.start()
         return self
 
@@ -94,6 +99,9 @@ class StallMeter:
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        self.max_gap_ms = max(self.max_gap_ms, (now - self._last) * 1000.0)
+        gap = (now - self._last) * 1000.0
+        self.max_gap_ms = max(self.max_gap_ms, gap)
+        if gap > 4 * self.interval_ms:
+            self.long_gaps.append((now - self._start, gap, self.note()))
         self._last = now
         self.ticks += 1

@@ -101,6 +101,8 @@ def _warm_up() -> None:
 
 _WARM = threading.Lock()
 _warmed = False
+#: set when the background warm-up (started by the first widget) is done
+WARM = threading.Event()
 
 
 def _start_warm_up() -> None:
@@ -110,12 +112,45 @@ def _start_warm_up() -> None:
         if _warmed:
             return
         _warmed = True
-    threading.Thread(target=_warm_up, name="clara-napari-warm-up", daemon=True).start()
+    def warm() -> None:
+        _warm_up()
+        WARM.set()
+
+    threading.Thread(target=warm, name="clara-napari-warm-up", daemon=True).start()
 
 
 def _work(job: Job) -> Outcome:
     _warm_up()
     return run_job(job)
+
+
+def _alive(method):
+    """A slot that does nothing once the widget's Qt side is gone (queued signals can still arrive then)."""
+    import functools
+
+    @functools.wraps(method)
+    def slot(self, *args, **kwargs):
+        if self._life["closed"]:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except RuntimeError as exc:    # "wrapped C/C++ object ... has been deleted": closing under way
+            if "deleted" not in str(exc):
+                raise
+            return None
+
+    return slot
+
+
+def _reporter(signal, life: dict):
+    """A worker-thread callback that emits ``signal`` while the widget lives."""
+    def emit(*args) -> None:
+        if not life["closed"]:
+            try:
+                signal.emit(*args)
+            except RuntimeError:   # the bridge went with the widget
+                pass
+    return emit
 
 
 class _Bridge(QObject):
@@ -146,6 +181,8 @@ class TritonInferenceWidget(Container):
         self._results: dict[int, Labels] = {}           # id(image layer) → its Labels layer
         self._last: tuple[Image, Labels, App, str] | None = None
         self._server_info: ServerInfo | None = None
+        # what the close hook and the worker's reports share (they must not hold self)
+        self._life: dict[str, Any] = {"closed": False, "job": None}
         self._bridge = _Bridge()
         self._bridge.progressed.connect(self._on_progress)
         self._bridge.staged.connect(self._on_stage)
@@ -203,11 +240,11 @@ class TritonInferenceWidget(Container):
             layer.events.name.connect(self._reset_images)
         owner = id(self)
         SERVERS.acquire(owner)
-        self._active: dict[str, Job] = {}      # the running job, for the close hook (which must not hold self)
-        active = self._active
+        life = self._life
 
         def on_destroyed(*_args) -> None:      # the viewer closed: stop the run, then the server
-            job = active.get("job")
+            life["closed"] = True
+            job = life.get("job")
             if job is not None:
                 job.cancel.cancel()
             SERVERS.release(owner)
@@ -224,6 +261,7 @@ class TritonInferenceWidget(Container):
         return [(layer.name, layer) for layer in self.viewer.layers
                 if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb]
 
+    @_alive
     def _layers_changed(self, event=None) -> None:
         value = getattr(event, "value", None)
         if getattr(event, "type", "") == "inserted" and value is not None:
@@ -258,6 +296,7 @@ class TritonInferenceWidget(Container):
             return resolve_app(path)
         return resolve_app(self._app.value)
 
+    @_alive
     def _on_app_changed(self, *_args) -> None:
         self._app_file.visible = self._app.value == CONFIG_FILE
         self._save_settings()
@@ -294,6 +333,7 @@ class TritonInferenceWidget(Container):
         if default in names:
             self._model.value = default
 
+    @_alive
     def _on_server_changed(self, *_args) -> None:
         self._server_info = None
         self._save_settings()
@@ -321,10 +361,15 @@ class TritonInferenceWidget(Container):
 
         worker = create_worker(work, _start_thread=False)
         worker.returned.connect(self._on_connected)
-        worker.finished.connect(lambda: setattr(self._refresh, "enabled", True))
+        worker.finished.connect(self._on_refreshed)
         worker.start()
         return worker
 
+    @_alive
+    def _on_refreshed(self) -> None:
+        self._refresh.enabled = True
+
+    @_alive
     def _on_connected(self, result) -> None:
         info, error = result
         if error is not None:
@@ -366,9 +411,9 @@ class TritonInferenceWidget(Container):
             self._fail(exc)
             return None
         self._job = Job(volume=volume, app=app, config=config, server=self._server.value, protocol=self._protocol.value,
-                        ready_timeout_s=self.ready_timeout_s, progress=self._bridge.progressed.emit,
-                        stage=self._bridge.staged.emit, prepare=self._preparer(layer, app))
-        self._active["job"] = self._job
+                        ready_timeout_s=self.ready_timeout_s, progress=_reporter(self._bridge.progressed, self._life),
+                        stage=_reporter(self._bridge.staged, self._life), prepare=self._preparer(layer, app))
+        self._life["job"] = self._job
         self._source, self._run_app = layer, app
         self._started = time.perf_counter()
         self._bar.max, self._bar.value = 1, 0
@@ -387,6 +432,7 @@ class TritonInferenceWidget(Container):
             self._job.cancel.cancel()
             self._status.value = "cancelling (after the batch in flight)…"
 
+    @_alive
     def _on_progress(self, done: int, total: int) -> None:
         if self._job is None:
             return
@@ -398,12 +444,14 @@ class TritonInferenceWidget(Container):
             self._pbar.update(done - self._pbar.n)
         self._status.value = f"inference: window {done}/{total}"
 
+    @_alive
     def _on_stage(self, name: str) -> None:
         # the status line only: every visible change repaints the window (the activity dock's
         # description is set once per run)
         if self._job is not None and not self._job.cancel.cancelled:
             self._status.value = f"{name}…"
 
+    @_alive
     def _on_returned(self, outcome: Outcome) -> None:
         self.last_outcome = outcome
         if outcome.server is not None:
@@ -423,14 +471,15 @@ class TritonInferenceWidget(Container):
     def _on_finished(self) -> None:
         self._worker = None
         self._job = None
-        self._active.pop("job", None)
+        self._life["job"] = None
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-        try:
-            self._run.text = "Run"
-        except RuntimeError:
-            pass
+        if not self._life["closed"]:
+            try:
+                self._run.text = "Run"
+            except RuntimeError:
+                pass
 
     def _fail(self, exc: BaseException) -> None:
         message = _message(exc)
@@ -551,6 +600,8 @@ class TritonInferenceWidget(Container):
                 return None, exc
 
         def done(result):
+            if self._life["closed"]:
+                return
             paths, error = result
             if error is not None:
                 self._fail(error)
