@@ -351,11 +351,11 @@ class TritonInferenceWidget(Container):
         self._status.value = "starting the embedded Triton server…" if is_embedded(self._server.value) \
             else f"connecting to {self._server.value.strip()}…"
         self._refresh.enabled = False
+        server, protocol, timeout = self._server.value, self._protocol.value, self.ready_timeout_s  # read here, not in the worker
 
         def work():
             try:
-                return connect(self._server.value, self._protocol.value, app.model_repository,
-                               ready_timeout_s=self.ready_timeout_s), None
+                return connect(server, protocol, app.model_repository, ready_timeout_s=timeout), None
             except Exception as exc:
                 return None, exc
 
@@ -582,7 +582,8 @@ class TritonInferenceWidget(Container):
         try:
             image = layer_volume(source.data, layer_attributes(source), records=[source.metadata])
             labels = layer_volume(labels_layer.data, layer_attributes(labels_layer), records=[source.metadata])
-            labels = labels.with_array(labels.array.astype(smallest_label_dtype(labels.array), copy=False), path=None)
+            # a snapshot: the user may paint on the layer while the worker writes
+            labels = labels.with_array(labels.array.astype(smallest_label_dtype(labels.array), copy=True), path=None)
             if not labels.same_grid(image):
                 raise ClaraNapariError(f"the Labels layer '{labels_layer.name}' is no longer on the grid of '{source.name}'.")
         except Exception as exc:
