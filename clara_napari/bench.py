@@ -20,12 +20,13 @@ machine noise hits all of them alike:
                     (``binary_data=False``; outputs binary), as MONAI Deploy's Triton client sends
                     them.
 
-Memory: each variant also runs once in a fresh subprocess. Its *baseline* is that process's
-resident set after the imports, the input loaded, the model (or connection) opened and one warm-up
-window predicted; the peak is the kernel's high-water mark (``VmHWM``, reset through
-``/proc/<pid>/clear_refs`` right after the baseline) during one run of the job. For the Triton
-variants the server's processes (``tritonserver`` and its python-backend stub) are measured the
-same way and added (``peak_rss_server_mb``). The target compares that peak with the input as
+Memory: each variant also runs once in a fresh subprocess (the Triton variants with a fresh
+embedded server of their own). Its *baseline* is that process's resident set after the imports,
+the input loaded, the model (or connection) opened and one warm-up window predicted; the peak is
+the kernel's high-water mark (``VmHWM``, reset through ``/proc/<pid>/clear_refs`` right after the
+baseline) during one run of the job. For the Triton variants the server's processes
+(``tritonserver`` and its python-backend stub) are measured the same way and added
+(``peak_rss_server_mb``). The target compares that peak with the input as
 float32 plus the output accumulator.
 
 ``python -m clara_napari.bench`` is the same command; ``--probe`` is its internal memory probe.
@@ -45,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -452,31 +453,68 @@ def _reset_peak(pid: int | str) -> bool:
         return False
 
 
+class ServerMemory(threading.Thread):
+    """Samples the server's memory every 10 ms: the private anonymous memory of its processes
+    (``RssAnon``: ``tritonserver`` and the python-backend stubs) plus the pages of the python
+    backend's shared-memory pool (``/dev/shm``, mapped by both, counted once). The client's own
+    shared-memory regions, also mapped by the server, are counted in the client only.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True, name="clara-bench-memory")
+        from .core.server import _stub_regions
+
+        self.pids = server_pids(pid)
+        self.regions = [Path("/dev/shm") / name for name in _stub_regions(pid)]
+        self.base = self.peak = self.sample()
+        self._stop_event = threading.Event()
+
+    def sample(self) -> int:
+        kb = sum(_status_kb(pid, "RssAnon") for pid in self.pids)
+        for region in self.regions:
+            with contextlib.suppress(OSError):
+                kb += region.stat().st_blocks // 2   # pages actually allocated in tmpfs (512-byte blocks)
+        return kb
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.01):
+            self.peak = max(self.peak, self.sample())
+
+    def stop(self) -> float:
+        """Peak MB above the baseline."""
+        self._stop_event.set()
+        self.join()
+        self.peak = max(self.peak, self.sample())
+        return max(0, self.peak - self.base) / 1024
+
+
 def probe_memory(variant: str, job: Job, server: ServerInfo | None) -> dict:
-    """In this (fresh) process: baseline after set-up and one warm-up window, then one run's peak."""
+    """In this (fresh) process: baseline after set-up and one warm-up window, then one run's peak.
+
+    The client's peak is exact (the kernel's ``VmHWM`` after a reset); the server's is sampled
+    (:class:`ServerMemory`).
+    """
     runner = make_runner(variant, job, server)
     runner.setup()
     gc.collect()
-    pids = server_pids(server.pid) if server is not None and variant in TRITON_VARIANTS else []
-    base = {"self": _status_kb("self", "VmRSS")}
+    sampler = ServerMemory(server.pid) if server is not None and variant in TRITON_VARIANTS else None
+    base = _status_kb("self", "VmRSS")
     exact = _reset_peak("self")
-    for pid in pids:
-        base[pid] = _status_kb(pid, "VmRSS")
-        exact = _reset_peak(pid) and exact
+    if sampler is not None:
+        sampler.start()
     seconds, out = runner.run()
-    client = max(0, _status_kb("self", "VmHWM") - base["self"]) / 1024
-    server_mb = sum(max(0, _status_kb(pid, "VmHWM") - base[pid]) for pid in pids) / 1024
+    client = max(0, _status_kb("self", "VmHWM") - base) / 1024
+    server_mb = sampler.stop() if sampler is not None else 0.0
     del out
     runner.close()
     return {"name": variant, "peak_rss_client_mb": round(client, 1), "peak_rss_server_mb": round(server_mb, 1),
-            "peak_rss_mb": round(client + server_mb, 1), "baseline_rss_mb": round(base["self"] / 1024, 1),
+            "peak_rss_mb": round(client + server_mb, 1), "baseline_rss_mb": round(base / 1024, 1),
             "exact": exact, "seconds": round(seconds, 3)}
 
 
-def memory_in_subprocess(variant: str, job: Job, image_file: Path, server: ServerInfo | None,
-                         timeout: float) -> dict:
-    spec = {"variant": variant, "job": job.params, "image": str(image_file),
-            "server": asdict(server) if server is not None else None}
+def memory_in_subprocess(variant: str, job: Job, image_file: Path, timeout: float) -> dict:
+    """:func:`probe_memory` in a fresh interpreter (with a fresh embedded server for the Triton variants)."""
+    spec = {"variant": variant, "job": job.params, "image": str(image_file)}
     command = [sys.executable, "-m", "clara_napari.bench", "--probe", json.dumps(spec)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     for line in reversed(done.stdout.splitlines()):
@@ -490,11 +528,19 @@ def _probe_main(spec_text: str) -> int:
     spec = json.loads(spec_text)
     image = np.load(spec["image"])
     job = Job.from_params(spec["job"], image)
-    server = ServerInfo(**spec["server"]) if spec.get("server") else None
+    embedded = server = None
     try:
+        if spec["variant"] in TRITON_VARIANTS:
+            from .core.server import EmbeddedServer
+
+            embedded = EmbeddedServer(job.repository, threads=job.threads).start()
+            server = ServerInfo(embedded.host, dict(embedded.ports), embedded.process.pid, embedded.version)
         result = probe_memory(spec["variant"], job, server)
     except Skip as exc:
         result = {"name": spec["variant"], "skipped": str(exc)}
+    finally:
+        if embedded is not None:
+            embedded.stop()
     print(json.dumps(result), flush=True)
     return 0
 
@@ -613,7 +659,7 @@ def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threa
                 for name in order:
                     timeout = max(300.0, 20 * max(results[name].times))
                     try:
-                        results[name].memory = memory_in_subprocess(name, job, image_file, server, timeout)
+                        results[name].memory = memory_in_subprocess(name, job, image_file, timeout)
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
                         results[name].memory = {"error": str(exc)}
                     log(f"  memory {name}: {results[name].memory.get('peak_rss_mb', '?')} MB above the baseline")

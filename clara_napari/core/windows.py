@@ -187,7 +187,8 @@ def sliding_window(
                 f"the model returned shape {list(result.shape)} for a batch of {len(chunk)} windows of "
                 f"{list(plan.roi)}; it must return [N, C, {', '.join(map(str, plan.roi))}].")
         if output is None:
-            output = np.zeros((result.shape[1],) + plan.padded_shape, dtype=np.float32)
+            output = np.empty((result.shape[1],) + plan.padded_shape, dtype=np.float32)
+            output.fill(0.0)   # not np.zeros: calloc memory faults in page by page, numpy can give this huge pages
         for window, prediction in zip(chunk, result):
             _add_weighted(output[(slice(None),) + window], prediction, weights_window, scratch, unit)
         done += len(chunk)
