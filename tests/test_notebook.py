@@ -46,9 +46,21 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch, model_rep
     from nbclient import NotebookClient
 
     monkeypatch.setenv("CLARA_NAPARI_CONFIG_DIR", str(tmp_path / "settings"))   # the kernel inherits it
+    # No `%gui qt` in the test kernel: ipykernel's Qt event-loop hook can miss an execute request
+    # when cells arrive back to back (as nbclient sends them) and then idles in the Qt loop for ever.
+    # Interactively napari turns it on and the notebook is the same.
+    monkeypatch.setenv("NAPARI_APPLICATION_IPY_INTERACTIVE", "false")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
+    # if a cell hangs, the kernel writes every thread's stack here before the cell times out
+    stacks = tmp_path / "kernel_stacks.txt"
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(
+        f"import faulthandler\n_stacks = open({str(stacks)!r}, 'w')\nfaulthandler.dump_traceback_later(150, file=_stacks)"))
+    client = NotebookClient(notebook, timeout=200, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    try:
+        client.execute()
+    except Exception:
+        print(stacks.read_text() if stacks.exists() else "no kernel stacks")
+        raise
     outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
     assert "same grid as the crop: True" in outputs
     out = tmp_path / "quickstart_out"
