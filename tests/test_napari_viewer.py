@@ -25,6 +25,12 @@ from test_napari_io import SAGITTAL, write_dicom_series  # noqa: E402
 pytestmark = pytest.mark.gui
 
 
+@pytest.fixture(autouse=True)
+def settings_dir(tmp_path, monkeypatch):
+    """The widget's settings go to a temporary folder, never the user's."""
+    monkeypatch.setenv("CLARA_NAPARI_CONFIG_DIR", str(tmp_path / "settings"))
+
+
 def test_npe2_validate_passes():
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     result = subprocess.run([sys.executable, "-m", "npe2", "validate", "clara-napari", "--imports"],

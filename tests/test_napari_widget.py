@@ -194,6 +194,7 @@ def test_settings_persist_between_sessions(make_napari_viewer, settings_dir):
     viewer = make_napari_viewer()
     first = TritonInferenceWidget(viewer)
     assert first._server.value == "embedded"
+    assert not (settings_dir / "napari_widget.json").exists()      # opening the panel changes nothing
     first._server.value = "grpc://localhost:8001"
     first._app.value = "lung_ct"
     stored = json.loads((settings_dir / "napari_widget.json").read_text())

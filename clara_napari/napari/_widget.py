@@ -254,6 +254,7 @@ class TritonInferenceWidget(Container):
         if app is not None:
             app.aboutToQuit.connect(SERVERS.stop_all)
         self._on_app_changed()
+        self._ready = True          # from here on, changes are the user's: save them
         _start_warm_up()
 
     # -- choices and settings -----------------------------------------------------------------
@@ -278,6 +279,8 @@ class TritonInferenceWidget(Container):
             pass
 
     def _save_settings(self, *_args) -> None:
+        if not getattr(self, "_ready", False):
+            return
         values = {"server": self._server.value.strip() or EMBEDDED, "protocol": self._protocol.value,
                   "app": self._app.value, "app_file": str(self._app_file.value or ""),
                   "export_dir": str(self._export_dir.value or "")}
