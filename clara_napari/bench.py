@@ -737,29 +737,38 @@ def targets(report: dict) -> list[str]:
 
 
 def growth(reports: list[dict]) -> str:
-    """How time and memory grow from the first report to each next one (same variants)."""
+    """How time and memory grow from the first report to each next one (same variants).
+
+    Time is compared per window (the work is the windows); memory as the marginal MB per million
+    voxels between the two sizes, next to the output accumulator's own MB per million voxels: a
+    peak that grows like the accumulator is linear in the voxels (plus a per-window constant).
+    """
     first = reports[0]
     lines = []
     for other in reports[1:]:
         voxels = other["job"]["voxels"] / first["job"]["voxels"]
         windows = other["job"]["windows"] / first["job"]["windows"]
+        extra_mvox = (other["job"]["voxels"] - first["job"]["voxels"]) / 1e6
+        acc_slope = ((other["job"]["accumulator_mb"] - first["job"]["accumulator_mb"]) / extra_mvox
+                     if extra_mvox else float("nan"))
         lines.append(f"{first['workload']} -> {other['workload']}: voxels x{voxels:.2f}, windows x{windows:.2f}, "
-                     f"accumulator x{other['job']['accumulator_mb'] / first['job']['accumulator_mb']:.2f}")
-        lines.append(f"{'variant':<15} {'time x':>8} {'per window':>11} {'per voxel':>10} {'peak MB x':>10} "
-                     f"{'MB per M voxels':>16}")
+                     f"accumulator x{other['job']['accumulator_mb'] / first['job']['accumulator_mb']:.2f} "
+                     f"({acc_slope:.1f} MB per M voxels)")
+        lines.append(f"{'variant':<15} {'time x':>7} {'time x per window':>18} {'peak MB':>16} "
+                     f"{'marginal MB per M voxels':>25}")
         before = {r["name"]: r for r in first["results"]}
         for row in other["results"]:
             old = before.get(row["name"])
             if not old or "seconds_median" not in row or "seconds_median" not in old:
                 continue
             t = row["seconds_median"] / old["seconds_median"]
-            mem = (row["peak_rss_mb"] / old["peak_rss_mb"]
-                   if isinstance(row.get("peak_rss_mb"), (int, float)) and old.get("peak_rss_mb") else None)
-            per_mvox = ("-" if not isinstance(row.get("peak_rss_mb"), (int, float)) else
-                        f"{old['peak_rss_mb'] / (first['job']['voxels'] / 1e6):.1f} -> "
-                        f"{row['peak_rss_mb'] / (other['job']['voxels'] / 1e6):.1f}")
-            lines.append(f"{row['name']:<15} {t:>8.2f} {t / windows:>11.2f} {t / voxels:>10.2f} "
-                         f"{(f'{mem:.2f}' if mem else '-'):>10} {per_mvox:>16}")
+            peaks = (old.get("peak_rss_mb"), row.get("peak_rss_mb"))
+            if all(isinstance(p, (int, float)) for p in peaks):
+                peak_text = f"{peaks[0]:.0f} -> {peaks[1]:.0f}"
+                slope = f"{(peaks[1] - peaks[0]) / extra_mvox:.1f}" if extra_mvox else "-"
+            else:
+                peak_text, slope = "-", "-"
+            lines.append(f"{row['name']:<15} {t:>7.2f} {t / windows:>18.2f} {peak_text:>16} {slope:>25}")
     return "\n".join(lines)
 
 

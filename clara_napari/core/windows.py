@@ -162,8 +162,8 @@ def sliding_window(
         batch_size = 1
     elif limit > 0 and batch_size > limit:
         raise ModelMismatchError(f"batch_size {batch_size} is larger than the model's max_batch_size {limit}.")
-    weights_window = _importance_map(plan.roi, blending, 0.125)
-    unit = blending == "constant"   # all weights 1.0
+    unit = blending == "constant"   # all weights 1.0: nothing to multiply, no weight array to hold
+    weights_window = None if unit else _importance_map(plan.roi, blending, 0.125)
     scratch = np.empty(_slab_shape(plan.roi), dtype=np.float32)
     output: np.ndarray | None = None
     total = len(plan)
@@ -255,18 +255,18 @@ def _extract(image: np.ndarray, plan: WindowPlan, chunk: Sequence[tuple[slice, .
     return batch
 
 
-def _add_weighted(target: np.ndarray, prediction: np.ndarray, weights: np.ndarray, scratch: np.ndarray,
+def _add_weighted(target: np.ndarray, prediction: np.ndarray, weights: np.ndarray | None, scratch: np.ndarray,
                   unit: bool = False) -> None:
     """``target += prediction * weights`` ([C, *roi] += [C, *roi] * [*roi]) without a window-sized temporary.
 
     Slab by slab through a small scratch buffer, so the product never leaves the CPU caches;
     the float32 arithmetic is the same as the one-line expression, bit for bit.
     """
+    if unit:   # constant blending: x * 1.0 == x, skip the product
+        target += prediction
+        return
     if prediction.dtype != np.float32:   # other dtypes: numpy's own promotion rules, as before
         target += prediction * weights
-        return
-    if unit:   # constant blending: x * 1.0 == x, skip the product
-        np.add(target, prediction, out=target)
         return
     step = scratch.shape[0]
     for channel in range(prediction.shape[0]):
@@ -277,7 +277,7 @@ def _add_weighted(target: np.ndarray, prediction: np.ndarray, weights: np.ndarra
             np.add(target[channel, a:b], product, out=target[channel, a:b])
 
 
-def _normalise(output: np.ndarray, plan: WindowPlan, weights: np.ndarray) -> None:
+def _normalise(output: np.ndarray, plan: WindowPlan, weights: np.ndarray | None) -> None:
     """Divide ``output`` by the sum of the window weights at each voxel, slab by slab.
 
     The weight sum is built per slab of the first axis from the windows crossing it (in plan
@@ -295,7 +295,9 @@ def _normalise(output: np.ndarray, plan: WindowPlan, weights: np.ndarray) -> Non
             first = window[0]
             lo, hi = max(a, first.start), min(b, first.stop)
             if lo < hi:
-                slab[(slice(lo - a, hi - a),) + window[1:]] += weights[lo - first.start:hi - first.start]
+                # weights None: constant blending, every weight 1.0
+                slab[(slice(lo - a, hi - a),) + window[1:]] += (1.0 if weights is None else
+                                                                weights[lo - first.start:hi - first.start])
         np.divide(output[:, a:b], slab, out=output[:, a:b])
 
 
