@@ -236,3 +236,37 @@ def test_closing_the_viewer_mid_run_stops_the_run_and_the_server(make_napari_vie
     assert closed
     assert widget.last_outcome is None          # nothing was shown in (or added to) the closed viewer
     qtbot.waitUntil(lambda: not SERVERS.running(), timeout=30_000)
+
+
+def test_auth_headers_and_a_server_that_comes_back(make_napari_viewer, qtbot, crop, model_repository):
+    """A server with restricted APIs: refused without the header (a notification, no layer), accepted
+    with it from the widget's headers field; after the server went away and came back on the same
+    port, the next run works again."""
+    from clara_napari.core.server import EmbeddedServer
+
+    categories = "health,metadata,inference,shared-memory,model-config,model-repository,statistics"
+    port = free_port()
+    extra = [f"--http-restricted-api={categories}:clara-key=secret"]
+    viewer, image, widget = open_with_widget(make_napari_viewer, crop["path"], crop["quick_app"])
+    widget.ready_timeout_s = 5.0
+    widget._server.value = f"127.0.0.1:{port}"
+    with EmbeddedServer(model_repository, http_port=port, extra_args=extra, headers={"clara-key": "secret"}):
+        before = len(notification_manager.records)
+        widget.run()
+        wait_idle(qtbot, widget, timeout=60_000)
+        errors = [n for n in notification_manager.records[before:] if n.severity == NotificationSeverity.ERROR]
+        assert errors and "refused the request" in errors[-1].message
+        assert not [layer for layer in viewer.layers if isinstance(layer, Labels)]
+        widget._headers.value = "clara-key=secret"
+        assert widget.transport() == {"headers": {"clara-key": "secret"}}
+        widget.run()
+        wait_idle(qtbot, widget)
+        assert widget.last_outcome.error is None, widget.last_outcome.error
+    widget.run()   # the server is gone
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert widget.last_outcome.error is not None and widget._status.value.startswith("failed")
+    with EmbeddedServer(model_repository, http_port=port, extra_args=extra, headers={"clara-key": "secret"}):
+        widget.run()   # ... and back: the widget recovers
+        wait_idle(qtbot, widget)
+        assert widget.last_outcome.error is None
+    assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 1

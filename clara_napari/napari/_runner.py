@@ -49,15 +49,35 @@ def resolve_server(server: str, protocol: str, repository: Path, *, pool: Server
     return str(address), f"Triton at {address}", ""
 
 
-def read_models(address: str, *, ready_timeout_s: float = 15.0) -> dict[str, str]:
+def transport_options(headers: str = "", ssl_ca: str = "", ssl_cert: str = "", ssl_key: str = "") -> dict[str, Any]:
+    """The widget's transport fields as TransportOptions keywords: ``KEY=VALUE; KEY=VALUE`` headers
+    and TLS files (empty fields are left out)."""
+    options: dict[str, Any] = {}
+    parsed = {}
+    for item in (part.strip() for part in headers.split(";")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ServerError(f"header {item!r} is not KEY=VALUE.")
+        parsed[key.strip()] = value.strip()
+    if parsed:
+        options["headers"] = parsed
+    for name, value in (("ssl_ca", ssl_ca), ("ssl_cert", ssl_cert), ("ssl_key", ssl_key)):
+        if str(value or "").strip() not in ("", "."):
+            options[name] = str(value).strip()
+    return options
+
+
+def read_models(address: str, *, ready_timeout_s: float = 15.0, transport: dict[str, Any] | None = None) -> dict[str, str]:
     """The server's model repository index: model name → state (READY, UNAVAILABLE, ...)."""
     parsed = parse_address(address)
-    options = TransportOptions(ready_timeout_s=ready_timeout_s)
+    options = TransportOptions(ready_timeout_s=ready_timeout_s, **(transport or {}))
     client = make_client(parsed, options, 30.0)
     try:
-        wait_ready(client, parsed, ready_timeout_s)
+        wait_ready(client, parsed, ready_timeout_s, options.headers)
         try:
-            index = client.get_model_repository_index()
+            index = client.get_model_repository_index(headers=options.headers)
         except Exception as exc:
             raise ServerError(f"Triton at {parsed}: cannot list the models ({_reason(exc)}).") from None
         entries = index if isinstance(index, list) else [
@@ -73,9 +93,10 @@ def read_models(address: str, *, ready_timeout_s: float = 15.0) -> dict[str, str
 
 
 def connect(server: str, protocol: str, repository: Path, *, ready_timeout_s: float = 15.0,
-            pool: ServerPool = SERVERS) -> ServerInfo:
+            pool: ServerPool = SERVERS, transport: dict[str, Any] | None = None) -> ServerInfo:
     address, description, version = resolve_server(server, protocol, repository, pool=pool)
-    return ServerInfo(address, description, read_models(address, ready_timeout_s=ready_timeout_s), version)
+    models = read_models(address, ready_timeout_s=ready_timeout_s, transport=transport)
+    return ServerInfo(address, description, models, version)
 
 
 def configured(config: InferenceConfig, *, model: str | None = None, roi_size: list[int] | None = None,
@@ -114,6 +135,8 @@ class Job:
     server: str = EMBEDDED
     protocol: str = "HTTP"
     ready_timeout_s: float = 15.0
+    #: headers and TLS files for the server (see :func:`transport_options`)
+    transport: dict[str, Any] = field(default_factory=dict)
     cancel: CancelToken = field(default_factory=CancelToken)
     progress: Callable[[int, int], None] | None = None
     stage: Callable[[str], None] | None = None
@@ -143,7 +166,7 @@ def run_job(job: Job) -> Outcome:
         if job.cancel.cancelled:
             raise Cancelled("the inference was cancelled.")
         stage("opening the model")
-        backend = TritonBackend(address, ready_timeout_s=job.ready_timeout_s)
+        backend = TritonBackend(address, ready_timeout_s=job.ready_timeout_s, **job.transport)
         try:
             config = job.config
             model = backend.open(job.app.model_repository, config.model_name, input_name=config.inferer.input_name,

@@ -32,7 +32,8 @@ from ..core.errors import ClaraNapariError
 from ..core.pipeline import Segmentation
 from ..core.volume import safe_stem, write_volume
 from ._geometry import AXIS_LABELS, KEY, UNITS, find_source_record, geometry_record, volume_to_layer
-from ._runner import EMBEDDED, Job, Outcome, ServerInfo, configured, connect, is_embedded, run_job
+from ._runner import (EMBEDDED, Job, Outcome, ServerInfo, configured, connect, is_embedded, run_job,
+                      transport_options)
 from ._servers import SERVERS
 from ._settings import DEFAULTS, load_settings, save_settings
 from ._writer import layer_volume, smallest_label_dtype
@@ -199,6 +200,12 @@ class TritonInferenceWidget(Container):
         self._server.tooltip = "'embedded' (a Triton server started here), or host:port, http://host:port, grpc://host:port"
         self._protocol = ComboBox(label="protocol", choices=list(PROTOCOLS),
                                   value=self._settings.get("protocol") if self._settings.get("protocol") in PROTOCOLS else "HTTP")
+        self._headers = LineEdit(label="headers", value="")
+        self._headers.tooltip = "extra request headers, e.g. 'Authorization=Bearer TOKEN; x-key=value' (not saved)"
+        self._ssl_ca = FileEdit(label="TLS CA file", mode="r", value="")
+        self._ssl_ca.tooltip = "CA certificate for https:// and grpcs:// servers (optional)"
+        self._ssl_cert = FileEdit(label="client cert", mode="r", value="")
+        self._ssl_key = FileEdit(label="client key", mode="r", value="")
         self._model_list: list[tuple[str, str]] = []
         self._model = ComboBox(choices=self._model_choices)
         self._refresh = PushButton(text="↻ models")
@@ -219,7 +226,8 @@ class TritonInferenceWidget(Container):
         self._status.native.setWordWrap(True)
         self._export_dir = FileEdit(label="export to", mode="d", value=self._settings.get("export_dir") or "")
         self._export = PushButton(text="Export MHD + publish bundle")
-        self.extend([self._image, self._app, self._app_file, self._server, self._protocol, model_row, roi_row,
+        self.extend([self._image, self._app, self._app_file, self._server, self._protocol, self._headers,
+                     self._ssl_ca, self._ssl_cert, self._ssl_key, model_row, roi_row,
                      self._overlap, self._blending, self._in_flight, self._run, self._bar, self._status,
                      self._export_dir, self._export])
 
@@ -355,10 +363,17 @@ class TritonInferenceWidget(Container):
             else f"connecting to {self._server.value.strip()}…"
         self._refresh.enabled = False
         server, protocol, timeout = self._server.value, self._protocol.value, self.ready_timeout_s  # read here, not in the worker
+        try:
+            transport = self.transport()
+        except Exception as exc:
+            self._refresh.enabled = True
+            self._fail(exc)
+            return None
 
         def work():
             try:
-                return connect(server, protocol, app.model_repository, ready_timeout_s=timeout), None
+                return connect(server, protocol, app.model_repository, ready_timeout_s=timeout,
+                               transport=transport), None
             except Exception as exc:
                 return None, exc
 
@@ -392,6 +407,11 @@ class TritonInferenceWidget(Container):
     def running(self) -> bool:
         return self._worker is not None
 
+    def transport(self) -> dict:
+        """Headers and TLS files from the widget's fields (for every request to the server)."""
+        return transport_options(self._headers.value, str(self._ssl_ca.value), str(self._ssl_cert.value),
+                                 str(self._ssl_key.value))
+
     def _on_run(self, *_args) -> None:
         if self._worker is not None:
             self.cancel()
@@ -410,11 +430,12 @@ class TritonInferenceWidget(Container):
             config = configured(app.config, model=self._model.value, roi_size=[s.value for s in self._roi],
                                 overlap=self._overlap.value, blending=self._blending.value,
                                 requests_in_flight=self._in_flight.value)
+            transport = self.transport()
         except Exception as exc:
             self._fail(exc)
             return None
         self._job = Job(volume=volume, app=app, config=config, server=self._server.value, protocol=self._protocol.value,
-                        ready_timeout_s=self.ready_timeout_s, progress=_reporter(self._bridge.progressed, self._life),
+                        ready_timeout_s=self.ready_timeout_s, transport=transport, progress=_reporter(self._bridge.progressed, self._life),
                         stage=_reporter(self._bridge.staged, self._life), prepare=self._preparer(layer, app))
         self._life["job"] = self._job
         self._source, self._run_app = layer, app
