@@ -367,7 +367,9 @@ class TritonModel:
         self.timeout_s = timeout_s
         self.options = options or TransportOptions()
         self._local = threading.local()
-        self._clients: list = []
+        # weak: a client belongs to one engine thread and goes when that thread ends (the engine
+        # starts new threads for every volume); close() closes those still alive
+        self._clients: "weakref.WeakSet" = weakref.WeakSet()
         self._slots: "queue.LifoQueue[_ShmSlot]" = queue.LifoQueue()
         self._all_slots: list[_ShmSlot] = []
         self._generation = 0
@@ -396,7 +398,7 @@ class TritonModel:
             client = make_client(self.address, self.options, self.timeout_s)
             self._local.client = client
             with self._lock:
-                self._clients.append(client)
+                self._clients.add(client)
         return client
 
     def _wait_model(self, client) -> None:
@@ -604,7 +606,7 @@ class TritonModel:
     def close(self) -> None:
         with self._lock:
             slots, self._all_slots = self._all_slots, []
-            clients, self._clients = self._clients, []
+            clients, self._clients = list(self._clients), weakref.WeakSet()
         mine = self._client() if slots else None
         for slot in slots:
             slot.close(mine, self.headers)
