@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.apps import App
-from ..core.backends.triton import TransportOptions, TritonBackend, _reason, make_client, parse_address, wait_ready
+from ..core.backends.triton import (TransportOptions, TritonBackend, make_client, parse_address, repository_index,
+                                    wait_ready)
 from ..core.components import ScanWindowInferer
 from ..core.config import InferenceConfig
 from ..core.errors import Cancelled, ServerError
@@ -76,13 +77,7 @@ def read_models(address: str, *, ready_timeout_s: float = 15.0, transport: dict[
     client = make_client(parsed, options, 30.0)
     try:
         wait_ready(client, parsed, ready_timeout_s, options.headers)
-        try:
-            index = client.get_model_repository_index(headers=options.headers)
-        except Exception as exc:
-            raise ServerError(f"Triton at {parsed}: cannot list the models ({_reason(exc)}).") from None
-        entries = index if isinstance(index, list) else [
-            {"name": m.name, "state": m.state} for m in index.models]
-        return {str(e.get("name", "")): str(e.get("state") or "UNKNOWN") for e in entries if e.get("name")}
+        return {e["name"]: e["state"] for e in repository_index(client, parsed, options.headers)}
     finally:
         close = getattr(client, "close", None)
         if close is not None:

@@ -151,14 +151,8 @@ class TritonBackend:
         headers = self.options.headers
         wait_ready(client, address, self.options.ready_timeout_s, headers)
         rows = [f"server {address}"]
-        try:
-            index = client.get_model_repository_index(headers=headers)
-        except Exception as exc:
-            raise ServerError(f"Triton at {address}: cannot list the models ({_reason(exc)}).") from None
-        entries = index if isinstance(index, list) else [
-            {"name": m.name, "version": m.version, "state": m.state} for m in index.models]
-        for entry in entries:
-            line = f"{entry.get('name', ''):<28} version {entry.get('version') or '-':<4} {entry.get('state') or 'UNKNOWN'}"
+        for entry in repository_index(client, address, headers):
+            line = f"{entry['name']:<28} version {entry['version'] or '-':<4} {entry['state']}"
             if entry.get("state") == "READY":
                 with contextlib.suppress(Exception):
                     spec = server_model_spec(client, address, entry["name"], headers=headers)
@@ -292,6 +286,18 @@ def server_model_spec(client, address: Address, name: str, version: str = "",
     return spec_from_proto(message)
 
 
+def repository_index(client, address: Address, headers: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """The server's model repository index as ``[{"name", "version", "state"}]`` (HTTP or gRPC)."""
+    try:
+        index = client.get_model_repository_index(headers=headers)
+    except Exception as exc:
+        raise ServerError(f"Triton at {address}: cannot list the models ({_reason(exc)}).") from None
+    entries = index if isinstance(index, list) else [
+        {"name": m.name, "version": m.version, "state": m.state} for m in index.models]
+    return [{"name": str(e.get("name") or ""), "version": str(e.get("version") or ""),
+             "state": str(e.get("state") or "UNKNOWN")} for e in entries if e.get("name")]
+
+
 def _reason(exc: BaseException) -> str:
     message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     message = " ".join(str(message).split())
@@ -421,11 +427,10 @@ class TritonModel:
 
     def _index(self, client) -> tuple[set[str], dict[str, str]]:
         try:
-            index = client.get_model_repository_index(headers=self.headers)
-        except Exception:
+            entries = repository_index(client, self.address, self.headers)
+        except ServerError:
             return set(), {}
-        entries = index if isinstance(index, list) else [{"name": m.name, "state": m.state} for m in index.models]
-        return {e.get("name", "") for e in entries}, {e.get("name", ""): e.get("state", "") for e in entries}
+        return {e["name"] for e in entries}, {e["name"]: e["state"] for e in entries}
 
     def _probe_shm(self, client) -> bool:
         """Shared memory only on this host, and only if the server accepts a registration."""
