@@ -7,6 +7,7 @@ from .core.apps import App, resolve_app
 from .core.backends import open_backend
 from .core.pipeline import Segmentation, segment_volume
 from .core.progress import CancelToken, Progress
+from .core.resources import check_run_memory
 from .core.volume import Volume, read_volume, write_volume
 
 __all__ = ["segment", "run_app", "read_volume", "write_volume", "Volume"]
@@ -16,9 +17,10 @@ def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
             progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
             **server_options) -> Segmentation:
     """Run an app on one volume and return the full :class:`Segmentation` (all writers' outputs, timings)."""
-    volume = volume_or_path if isinstance(volume_or_path, Volume) else read_volume(volume_or_path)
     app = app if isinstance(app, App) else resolve_app(app)
     config = app.config
+    volume = volume_or_path if isinstance(volume_or_path, Volume) else read_volume(
+        volume_or_path, before_voxels=lambda header: check_run_memory(header, config))
     backend = open_backend(server, threads=threads, app=app, **server_options)
     try:
         model = backend.open(app.model_repository, config.model_name, input_name=config.inferer.input_name,

@@ -364,3 +364,136 @@ def test_nan_survives_every_other_reader(tmp_path):
         sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name))
         with pytest.raises(VolumeError, match=f"{name}: 210 voxels are not finite"):
             read_volume(tmp_path / name)
+
+
+# -- item 11: resource limits ------------------------------------------------------------------------
+import json  # noqa: E402
+
+from clara_napari.core.config import parse_config  # noqa: E402
+
+PLACEHOLDERS = {"PBTXT_PATH": "config.pbtxt"}
+from clara_napari.core.errors import ConfigError, ResourceError  # noqa: E402
+from clara_napari.core.resources import (VolumeHeader, count_windows, estimate_run_memory,  # noqa: E402
+                                         inference_grid_size)
+from clara_napari.core.windows import plan_windows  # noqa: E402
+
+from conftest import BUNDLED_APP, bundled_config, write_app  # noqa: E402
+
+LUNG_APP = Path(__file__).resolve().parents[1] / "config" / "lung_ct"
+
+
+def _app(folder: Path, base: Path = BUNDLED_APP, **inferer_args) -> Path:
+    config = json.loads((base / "config_inference.json").read_text())
+    config["inferer"]["args"].update(inferer_args)
+    return write_app(folder, config)
+
+
+def _sparse_mhd(folder: Path, size=(1024, 1024, 1024), element="MET_SHORT", spacing="1 1 1") -> Path:
+    """A MetaImage of 2 GiB declared voxels whose data file is sparse (no disk, no reading needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header = folder / "big.mhd"
+    header.write_text(f"ObjectType = Image\nNDims = 3\nDimSize = {' '.join(map(str, size))}\nElementType = {element}\n"
+                      f"ElementSpacing = {spacing}\nElementDataFile = big.raw\n")
+    with open(folder / "big.raw", "wb") as fh:
+        fh.truncate(int(np.prod(size)) * 2)
+    return header
+
+
+def _cli(tmp_path: Path, app: Path | str, inputs: Path, capsys) -> tuple[int, list[str]]:
+    code = main(["run", "--app", str(app), "--server", "local", "--input", str(inputs), "--output",
+                 str(tmp_path / "out"), "--publish", str(tmp_path / "pub"), "--logs", str(tmp_path / "logs")])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("WARNING", "INFO"))]
+
+
+@pytest.mark.parametrize("overlap, ok", [(0.0, True), (0.95, True), (0.951, False), (0.999, False), (1.0, False),
+                                         (-0.1, False)])
+def test_overlap_limit_is_in_the_schema(overlap, ok):
+    config = bundled_config()
+    config["inferer"]["args"]["overlap"] = overlap
+    if ok:
+        assert parse_config(config, file="c.json", placeholders=PLACEHOLDERS).inferer.overlap == overlap
+    else:
+        with pytest.raises(ConfigError) as info:
+            parse_config(config, file="c.json", placeholders=PLACEHOLDERS)
+        assert info.value.json_path == "inferer.args.overlap"
+        assert "0.95" in str(info.value) or overlap < 0
+
+
+def test_overlap_0999_refused_by_the_cli(tmp_path, capsys):
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    write_volume(cn.Volume(np.ones((8, 9, 10), np.int16)), inputs / "ct.nii.gz")
+    code, lines = _cli(tmp_path, _app(tmp_path / "app", overlap=0.999), inputs, capsys)
+    assert code != 0 and len(lines) == 1 and "inferer.args.overlap" in lines[0], lines
+    assert_nothing_written(tmp_path / "out", tmp_path / "pub")
+
+
+def test_two_gib_metaimage_whose_first_step_needs_eight_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    header = _sparse_mhd(tmp_path / "input")
+    config = parse_config(json.loads((LUNG_APP / "config_inference.json").read_text()), file="lung", placeholders=PLACEHOLDERS)
+    estimate = estimate_run_memory(VolumeHeader(header, (1024,) * 3, (1.0,) * 3, (0.0,) * 3,
+                                                (1, 0, 0, 0, 1, 0, 0, 0, 1), 2), config, out_channels=2,
+                                   roi=[320, 320, 64])
+    assert estimate.stages["read"] == 4 * 1024**3 and estimate.stages["load"] == 8 * 1024**3
+    monkeypatch.setenv("CLARA_NAPARI_MEMORY_LIMIT_GIB", "8")
+    code, lines = _cli(tmp_path, "lung_ct", tmp_path / "input", capsys)
+    assert code != 0 and len(lines) == 1, lines
+    assert "big.mhd" in lines[0] and "8.0 GiB is available" in lines[0] and "before reading the voxels" in lines[0]
+    assert_nothing_written(tmp_path / "out", tmp_path / "pub")
+    with pytest.raises(ResourceError, match=r"big\.mhd: this run needs about \d+\.\d GiB"):
+        cn.segment(header, app="lung_ct", server="local")
+
+
+def test_resampling_that_cannot_fit_is_refused_with_the_real_memory_figure(tmp_path, capsys):
+    """No override: a 0.05 mm target spacing on a 2 GiB volume needs terabytes."""
+    config = json.loads((LUNG_APP / "config_inference.json").read_text())
+    config["pre_transforms"][2]["args"]["target_resolution"] = [0.05, 0.05, 0.05]
+    app = write_app(tmp_path / "app", config)
+    _sparse_mhd(tmp_path / "input")
+    code, lines = _cli(tmp_path, app, tmp_path / "input", capsys)
+    assert code != 0 and len(lines) == 1 and "GiB is available; refused before reading" in lines[0], lines
+
+
+def test_roi_4096_is_refused_with_the_number(tmp_path, capsys):
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    volume = cn.Volume(np.ones((40, 41, 42), np.uint8))
+    write_volume(volume, inputs / "t1.nii.gz")
+    app = _app(tmp_path / "app", roi_size=[4096, 4096, 4096])
+    code, lines = _cli(tmp_path, app, inputs, capsys)
+    assert code != 0 and len(lines) == 1 and "t1.nii.gz" in lines[0] and "GiB" in lines[0], lines
+    assert_nothing_written(tmp_path / "out", tmp_path / "pub")
+    with pytest.raises(ResourceError, match="t1.nii.gz: this run needs about"):
+        cn.segment(inputs / "t1.nii.gz", app=app, server="local")
+    with pytest.raises(ResourceError, match=r"windows of \[4096, 4096, 4096\] need about \d+\.\d GiB"):
+        cn.segment(volume, app=app, server="local")   # in memory: refused before the windows
+
+
+def test_window_count_bound_refused_with_the_number(tmp_path, capsys, monkeypatch):
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    volume = cn.Volume(np.ones((64, 64, 64), np.uint8))
+    write_volume(volume, inputs / "t1.nii.gz")
+    app = _app(tmp_path / "app", roi_size=[32, 32, 32], overlap=0.95)
+    code, lines = _cli(tmp_path, app, inputs, capsys)
+    assert code != 0 and len(lines) == 1 and "needs 9261 windows" in lines[0] and "5000 allowed" in lines[0], lines
+    with pytest.raises(ResourceError, match="needs 9261 windows"):
+        cn.segment(volume, app=app, server="local")
+    monkeypatch.setenv("CLARA_NAPARI_MAX_WINDOWS", "7")
+    small = _app(tmp_path / "small", roi_size=[32, 32, 32], overlap=0.5)
+    with pytest.raises(ResourceError, match="needs 27 windows .* more than the 7 allowed"):
+        cn.segment(inputs / "t1.nii.gz", app=small, server="local")
+
+
+@pytest.mark.parametrize("shape, roi, overlap", [((64, 64, 64), (32, 32, 32), 0.95), ((10, 300, 7), (16, 64, 8), 0.5),
+                                                 ((181, 217, 181), (160, 160, 160), 0.5), ((5, 5, 5), (9, 9, 9), 0.9)])
+def test_window_count_matches_the_plan(shape, roi, overlap):
+    assert count_windows(shape, roi, overlap) == len(plan_windows(shape, roi, overlap))
+
+
+def test_inference_grid_follows_the_resampling(tmp_path):
+    config = parse_config(json.loads((LUNG_APP / "config_inference.json").read_text()), file="lung", placeholders=PLACEHOLDERS)
+    header = VolumeHeader(tmp_path, (512, 512, 61), (0.627, 0.627, 5.0), (0.0,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1), 2)
+    assert inference_grid_size(header, config) == (401, 401, 61)

@@ -10,6 +10,9 @@ from pydantic import Field, field_validator
 from .registry import Component, Registry
 from .transforms.spatial import Dtype
 
+#: Largest scanning-window overlap an app may ask for (0.95: 20x the windows per axis of no overlap).
+MAX_OVERLAP = 0.95
+
 INFERERS = Registry("inferer")
 MODEL_LOADERS = Registry("model loader")
 WRITERS = Registry("writer")
@@ -54,7 +57,7 @@ class ScanWindowInferer(InfererSpec):
     scanning: ClassVar[bool] = True
 
     roi_size: list[int] | None = None
-    overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    overlap: float = Field(0.25, ge=0.0, le=MAX_OVERLAP)
     blending: Literal["constant", "gaussian"] = "constant"
 
     @field_validator("roi_size")

@@ -20,6 +20,10 @@ class VolumeError(ClaraNapariError):
     """A volume cannot be read or written (names the file)."""
 
 
+class ResourceError(VolumeError):
+    """A run would need more memory or more windows than allowed (names the file and the figures)."""
+
+
 class ConfigError(ClaraNapariError):
     """A config_inference.json is wrong (names the file and the JSON path)."""
 

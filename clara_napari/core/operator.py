@@ -17,6 +17,7 @@ from .backends import open_backend
 from .errors import Cancelled, ClaraNapariError, VolumeError
 from .pipeline import Segmentation, segment_volume
 from .progress import CancelToken, Progress
+from .resources import check_run_memory
 from .volume import find_volumes, looks_like_dicom_folder, read_volume, safe_stem, volume_stem
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
                 raise VolumeError(f"{target}: the output would be written inside the input; refused.")
             if target.exists() and not options.overwrite:
                 raise VolumeError(f"{target}: exists already (use --overwrite to replace it).")
-        volume = read_volume(source)
+        volume = read_volume(source, before_voxels=lambda header: check_run_memory(header, config, model))
         segmentation = segment_volume(volume, config, model, cancel=cancel,
                                       progress=progress_for(source) if progress_for else None)
         written = []

@@ -12,13 +12,14 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from .atomic import commit, staging_dir
 from .errors import VolumeError
 from .nifti_data import check_nifti
+from .resources import VolumeHeader
 from .input_files import (check_data_sizes, check_input_path, check_series_files, input_folder, metaimage_data_files,
                           nrrd_data_files, split_total)
 
@@ -144,12 +145,15 @@ def is_volume_file(path: Path) -> bool:
 
 
 # -- reading ---------------------------------------------------------------------------------
-def read_volume(path: str | Path, *, allow_channels: bool = False) -> Volume:
+def read_volume(path: str | Path, *, allow_channels: bool = False,
+                before_voxels: Callable[[VolumeHeader], object] | None = None) -> Volume:
     """Read a NIfTI, MetaImage, NRRD file or a folder holding one DICOM series.
 
     Refuses (with :class:`VolumeError` naming the file) empty, unreadable or malformed files,
     2D and 4D+ images (multi-component voxels only with ``allow_channels``), sizes that would
-    not fit in memory, and non-finite voxels.
+    not fit in memory, and non-finite voxels. ``before_voxels`` is called with the header's
+    :class:`~clara_napari.core.resources.VolumeHeader` before any voxel is read (a DICOM series:
+    right after reading), e.g. to refuse a run that would not fit in memory.
     """
     import SimpleITK as sitk
 
@@ -158,7 +162,11 @@ def read_volume(path: str | Path, *, allow_channels: bool = False) -> Volume:
         raise VolumeError(f"{path}: no such file or folder.")
     check_input_path(path)
     if path.is_dir():
-        return _read_dicom_series(path, allow_channels=allow_channels)
+        volume = _read_dicom_series(path, allow_channels=allow_channels)
+        if before_voxels is not None:
+            before_voxels(VolumeHeader(path, volume.size, volume.spacing, volume.origin, volume.direction,
+                                       volume.array.itemsize * (volume.array.shape[3] if volume.array.ndim == 4 else 1)))
+        return volume
     if not path.name.lower().endswith(VOLUME_SUFFIXES):
         raise VolumeError(f"{path}: not a supported volume format (expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder).")
     try:
@@ -183,6 +191,10 @@ def read_volume(path: str | Path, *, allow_channels: bool = False) -> Volume:
     _check_inline_data(path, total)
     if detached:
         check_data_sizes(path, split_total(path, detached, total))
+    if before_voxels is not None:
+        size = tuple(reader.GetSize())
+        before_voxels(VolumeHeader(path, size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(),
+                                   total // max(math.prod(size), 1)))
     if path.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti(path)   # stored bytes: ITK turns NaN into 0 and ignores non-finite scaling
     elif path.name.lower().endswith(".gz"):
