@@ -237,6 +237,16 @@ def case_dicom_symlink_out(f):
 
 
 @case
+def case_dicom_folder_symlink_out(f):
+    from test_volume_io import write_dicom_series
+
+    outside = f.parent / "outside_series"
+    write_dicom_series(outside, "1.2.826.0.1.3680043.2.1125.9", np.zeros((3, 8, 8), np.int16))
+    (f / "series").symlink_to(outside, target_is_directory=True)
+    return "series"
+
+
+@case
 def case_dicom_fifo(f):
     from test_volume_io import write_dicom_series
 

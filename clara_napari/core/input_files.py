@@ -59,18 +59,20 @@ def _inside(target: Path, folder: Path) -> bool:
 
 
 def check_input_path(path: Path) -> None:
-    """The input itself: a file must resolve inside its own folder and be a regular file.
+    """The input itself must resolve inside the folder that holds it; a file must be a regular file.
 
-    For a DICOM folder every entry is checked the same way before any DICOM scanner opens it.
+    So a volume or DICOM series folder found in an input folder cannot be a link to elsewhere.
+    For a DICOM folder every entry is then checked the same way before any DICOM scanner opens it.
     """
     path = Path(path)
+    absolute = Path(os.path.abspath(path))   # ".." folded as written, symlinks kept
+    folder = absolute.parent.resolve()
+    target = absolute.resolve()
+    if not _inside(target, folder):
+        raise VolumeError(f"{path}: is a symlink to {target}, outside the input's folder; refused.")
     if path.is_dir():
         check_series_folder(path)
         return
-    folder = path.parent.resolve()
-    target = path.resolve()
-    if not _inside(target, folder):
-        raise VolumeError(f"{path}: is a symlink to {target}, outside the input's folder; refused.")
     if not _regular(target):
         raise VolumeError(f"{path}: is not a regular file; refused.")
 
