@@ -157,6 +157,21 @@ def case_mhd_data_file_fifo(f):
     return "case.mhd"
 
 
+@case
+def case_mha_detached_outside(f):
+    _outside(f.parent, size=SLICE * 12)
+    write_mhd_header(f / "case.mha", ElementDataFile="../outside/secret.raw")
+    return "case.mha"
+
+
+@case
+def case_mhd_local_short(f):
+    write_mhd_header(f / "case.mhd", ElementDataFile="LOCAL")
+    with open(f / "case.mhd", "ab") as fh:
+        fh.write(b"\1" * (SLICE * 12 - 3))
+    return "case.mhd"
+
+
 # -- NRRD detached headers ------------------------------------------------------------------------
 @case
 def case_nhdr_dotdot(f):
