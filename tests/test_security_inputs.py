@@ -522,3 +522,25 @@ def test_inference_grid_follows_the_resampling(tmp_path):
     config = parse_config(json.loads((LUNG_APP / "config_inference.json").read_text()), file="lung", placeholders=PLACEHOLDERS)
     header = VolumeHeader(tmp_path, (512, 512, 61), (0.627, 0.627, 5.0), (0.0,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1), 2)
     assert inference_grid_size(header, config) == (401, 401, 61)
+
+
+from test_malformed import needs_root, run_without_dac_override, shared_tmp  # noqa: E402
+
+
+@needs_root
+def test_unreadable_pattern_slice_is_an_error_not_garbage():
+    """main: an unreadable %d slice was skipped by MetaIO and its memory segmented with exit 0."""
+    with shared_tmp() as tmp:
+        inputs = tmp / "input"
+        inputs.mkdir(mode=0o777)
+        _slices(inputs)
+        write_mhd_header(inputs / "case.mhd", ElementDataFile="s%03d.raw 1 12 1")
+        (inputs / "s007.raw").chmod(0)
+        result = run_without_dac_override(["run", "--app", APP, "--server", "local", "--input", str(inputs),
+                                           "--output", str(tmp / "out"), "--publish", str(tmp / "pub"),
+                                           "--logs", str(tmp / "logs")])
+        assert result.returncode != 0
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "case.mhd" in lines[0] and "s007.raw" in lines[0], result.stderr
+        assert "permission denied" in lines[0] and "Traceback" not in result.stderr
+        assert_nothing_written(tmp / "out", tmp / "pub")
