@@ -18,10 +18,10 @@ import numpy as np
 
 from .atomic import commit, staging_dir
 from .errors import VolumeError
-from .nifti_data import check_nifti
-from .resources import VolumeHeader
 from .input_files import (check_data_sizes, check_input_path, check_series_files, input_folder, metaimage_data_files,
                           nrrd_data_files, split_total)
+from .nifti_data import check_nifti
+from .resources import VolumeHeader
 
 #: File name endings read as one volume each (longest first so ``.nii.gz`` wins over ``.gz``).
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
