@@ -111,10 +111,6 @@ def _little(head: bytes) -> bool:
     return struct.unpack("<i", head[:4])[0] in (348, 540)
 
 
-def _header_size(head: bytes) -> int:
-    return struct.unpack("<i" if _little(head) else ">i", head[:4])[0]
-
-
 def _parse_header(path: Path, head: bytes):
     """(datatype, bitpix, dims, vox_offset, scl_slope, scl_inter), or None when not NIfTI at all."""
     if len(head) < 348:
