@@ -87,7 +87,7 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
     # 2. windows → predictor → stitching
     stage("inference")
     prediction = _infer(image, config, model, progress, cancel)
-    sample.put("model", prediction, sample.meta["image"].copy(is_label=False))  # scores: [C] for classifiers
+    sample.put(config.output_field, prediction, sample.meta["image"].copy(is_label=False))  # scores: [C] for classifiers
     lap("inference")
 
     # 3. post-transforms
@@ -113,6 +113,12 @@ def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progr
         return _classify(image, config, model, cancel)
     if config.scanning:
         roi = inferer.roi_size or fixed_window(model.spec, tensor)
+        fixed = fixed_window(model.spec, tensor)
+        if fixed is not None and inferer.roi_size and list(fixed) != list(inferer.roi_size):
+            # as Clara Deploy's operator did (it never passed roi_size on): a model with a fixed window wins
+            log.warning("%s: the model %r takes windows of %s only; using them instead of the inferer's roi_size %s.",
+                        config.file.name, model.spec.name, list(fixed), list(inferer.roi_size))
+            roi = fixed
         if roi is None:
             raise ConfigError(f"{config.file}: inferer.args.roi_size: the model {model.spec.name!r} has no fixed "
                               f"window size (dims {list(tensor.dims)}); set roi_size [x, y, z].")
