@@ -109,6 +109,12 @@ def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progr
     inferer = config.inferer
     tensor = model.input
     batch_size = inferer.batch_size or config.batch_size
+    limit = getattr(model, "max_batch_size", 0) or 0
+    if config.model_override and 0 < limit < batch_size:
+        # the config's batch was sized for its own model; the model given with --model takes fewer
+        log.warning("%s: the model %r takes batches of %d at most; using %d instead of %d.", config.file.name,
+                    model.spec.name, limit, limit, batch_size)
+        batch_size = limit
     if is_classifier(config, model):
         return _classify(image, config, model, cancel)
     if config.scanning:
