@@ -120,8 +120,9 @@ def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progr
     if config.scanning:
         roi = inferer.roi_size or fixed_window(model.spec, tensor)
         fixed = fixed_window(model.spec, tensor)
-        if fixed is not None and inferer.roi_size and list(fixed) != list(inferer.roi_size):
-            # as Clara Deploy's operator did (it never passed roi_size on): a model with a fixed window wins
+        if config.model_override and fixed is not None and inferer.roi_size and list(fixed) != list(inferer.roi_size):
+            # the config's window was sized for its own model; a model given with --model that takes one
+            # window size only gets it (as Clara Deploy's operator, which never passed roi_size on)
             log.warning("%s: the model %r takes windows of %s only; using them instead of the inferer's roi_size %s.",
                         config.file.name, model.spec.name, list(fixed), list(inferer.roi_size))
             roi = fixed
