@@ -127,3 +127,39 @@ def test_api_takes_model(tmp_path):
                         model="deepbet_brain_t1")
     assert_same_geometry(labels, volume)
     assert set(labels.array.ravel().tolist()) <= {0, 1}
+
+
+def test_a_model_given_with_model_takes_its_own_window_and_batch_limit(caplog):
+    """The config's roi_size/batch were for its own model: a --model with fixed dims and a smaller batch wins."""
+    import numpy as np
+
+    from clara_napari.core.config import parse_config
+    from clara_napari.core.model_repository import ModelSpec, TensorSpec
+    from clara_napari.core.pipeline import segment_volume
+
+    from conftest import FunctionModel, make_volume
+
+    shapes = []
+
+    def fn(batch):
+        shapes.append(batch.shape)
+        return np.concatenate([1.0 - (batch > 500), (batch > 500)], axis=1).astype(np.float32)
+
+    model = FunctionModel(fn, max_batch_size=2)
+    model.input, model.output = TensorSpec("x", "FP32", (1, 6, 6, 6)), TensorSpec("y", "FP32", (2, 6, 6, 6))
+    model.spec = ModelSpec("function_model", "onnxruntime_onnx", "", 2, (model.input,), (model.output,))
+    raw = {"pre_transforms": [{"name": "LoadNifti", "args": {"fields": "image"}},
+                              {"name": "ConvertToChannelsFirst", "args": {"fields": "image"}}],
+           "inferer": {"name": "TFScanWindowInferer", "args": {"roi_size": [8, 8, 8], "batch_size": 4}},
+           "post_transforms": [{"name": "ArgmaxAcrossChannels", "args": {"fields": "model"}}]}
+    config = parse_config(raw, file="config_validation.json", placeholders={}, model="function_model")
+    volume = make_volume((9, 10, 11))
+    labels = segment_volume(volume, config, model).labels
+    assert_same_geometry(labels, volume)
+    assert shapes and all(s[0] <= 2 and s[2:] == (6, 6, 6) for s in shapes)
+    np.testing.assert_array_equal(labels.array, (volume.array > 500).astype(np.uint8))
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "windows of [6, 6, 6]" in messages and "batches of 2 at most" in messages
+    # without --model the config's own roi_size stands (and a mismatch is the model's error, as before)
+    config = parse_config(raw, file="config_validation.json", placeholders={})
+    assert config.model_override == "" and config.inferer.roi_size == [8, 8, 8]
