@@ -234,7 +234,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         first_only=args.first_only, threads=args.threads, publish_format=args.publish_format,
         server_options=_server_options(args))
     log_file = _setup_run_logging(options.logs, app)
-    log.info("app %s (%s), model %s, input %s", app.name, app.config_path, config.model_name, options.input)
+    log.info("app %s (%s, a %s config), model %s, input %s", app.name, app.config_path, config.format,
+             config.model_name, options.input)
     cancel = CancelToken()
 
     def on_terminate(signum, frame):

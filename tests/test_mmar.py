@@ -163,3 +163,17 @@ def test_a_model_given_with_model_takes_its_own_window_and_batch_limit(caplog):
     # without --model the config's own roi_size stands (and a mismatch is the model's error, as before)
     config = parse_config(raw, file="config_validation.json", placeholders={})
     assert config.model_override == "" and config.inferer.roi_size == [8, 8, 8]
+
+
+def test_mmar_ckpt_dir_without_model_or_environment_is_the_app_models_folder(tmp_path):
+    """A lone Clara 3 config naming {MMAR_CKPT_DIR}: it loads; only the missing model is refused (at run)."""
+    folder = tmp_path / "app"
+    folder.mkdir()
+    shutil.copy(PUBLISHED / "clara3_spleen_getting_started/config/config_validation.json",
+                folder / "config_inference.json")
+    app = resolve_app(folder)
+    config = app.config
+    assert not app.mmar and config.model_name == "" and config.source_model.startswith("FrozenGraphModelLoader")
+    with pytest.raises(ConfigError) as info:
+        config.require_model()
+    assert info.value.json_path == "inferer.args.model_name"

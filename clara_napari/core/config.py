@@ -190,6 +190,8 @@ def parse_config(raw: Any, *, file: str = "", placeholders: dict[str, str] | Non
     if isinstance(model_name, str) and model_name and "MODEL_REPOSITORY" in values:
         values.setdefault("PBTXT_PATH", str(Path(values["MODEL_REPOSITORY"]) / model_name / "config.pbtxt"))
         values.setdefault("MMAR_CKPT_DIR", str(Path(values["MODEL_REPOSITORY"]) / model_name))
+    if "MMAR_ROOT" in values:  # Clara's default: the MMAR's models/ (only ever named, never read: see MmarModelLoader)
+        values.setdefault("MMAR_CKPT_DIR", str(Path(values["MMAR_ROOT"]) / "models"))
     raw = {key: _substitute(value, values, key, file, problems=problems) if key in used else value
            for key, value in raw.items()}
 
