@@ -1,6 +1,7 @@
 """The notebook API: ``segment``, ``read_volume``, ``write_volume``."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .core.apps import App, resolve_app
@@ -15,10 +16,17 @@ __all__ = ["segment", "run_app", "read_volume", "write_volume", "Volume"]
 
 def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
             progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
-            **server_options) -> Segmentation:
-    """Run an app on one volume and return the full :class:`Segmentation` (all writers' outputs, timings)."""
+            model: str | None = None, **server_options) -> Segmentation:
+    """Run an app on one volume and return the full :class:`Segmentation` (all writers' outputs, timings).
+
+    ``model`` names the Triton model serving the app instead of its inferer's ``model_name``
+    (e.g. for an MMAR, whose config names a model file).
+    """
     app = app if isinstance(app, App) else resolve_app(app)
+    if model:
+        app = dataclasses.replace(app, model=model)
     config = app.config
+    config.require_model()
     volume = volume_or_path if isinstance(volume_or_path, Volume) else read_volume(
         volume_or_path, before_voxels=lambda header: check_run_memory(header, config))
     backend = open_backend(server, threads=threads, app=app, **server_options)
@@ -36,7 +44,7 @@ def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
 
 def segment(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
             progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
-            **server_options) -> Volume:
+            model: str | None = None, **server_options) -> Volume:
     """Segment a volume (or a path) with an app and return the label :class:`Volume`.
 
     ``server``: ``"local"`` (onnxruntime in process), a Triton address, or ``None`` for the
@@ -44,4 +52,4 @@ def segment(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
     input's size, spacing, origin and direction exactly.
     """
     return run_app(volume_or_path, app, server=server, progress=progress, cancel=cancel, threads=threads,
-                   **server_options).labels
+                   model=model, **server_options).labels

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: $NVIDIA_CLARA_CONFIG_INFERENCE, else brain_extraction_t1)")
     for key, (env, default) in ENV_FOLDERS.items():
         run.add_argument(f"--{key}", help=f"folder (default: ${env}, else {default})")
+    run.add_argument("--model", help="the Triton model serving the app, instead of its inferer's model_name "
+                     "(an MMAR's own model file is never loaded)")
     run.add_argument("--no-publish", action="store_true", help="do not write the Render Server bundle")
     run.add_argument("--publish-format", choices=["meta", "data"], default="meta",
                      help="config.meta form: 'meta' (density/seg_masks, the operator's) or 'data' (newer)")
@@ -218,7 +220,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .core.progress import CancelToken
 
     app = resolve_app(args.app)
+    if args.model:
+        import dataclasses
+
+        app = dataclasses.replace(app, model=args.model)
     config = app.config  # load and check before touching any folder
+    if config.model_override or config.source_model:
+        print(config.model_note(), file=sys.stderr)
     options = RunOptions(
         app=app, input=_folder(args, "input"), output=_folder(args, "output"),
         publish=None if args.no_publish else _folder(args, "publish"), logs=_folder(args, "logs"),
@@ -226,7 +234,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         first_only=args.first_only, threads=args.threads, publish_format=args.publish_format,
         server_options=_server_options(args))
     log_file = _setup_run_logging(options.logs, app)
-    log.info("app %s (%s), model %s, input %s", app.name, app.config_path, config.model_name, options.input)
+    log.info("app %s (%s, a %s config), model %s, input %s", app.name, app.config_path, config.format,
+             config.model_name, options.input)
     cancel = CancelToken()
 
     def on_terminate(signum, frame):

@@ -7,6 +7,8 @@ name more folders of apps (``:``-separated).
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -16,7 +18,11 @@ from pathlib import Path
 from .config import InferenceConfig, load_config
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+#: the configs an MMAR's ``config/`` folder may hold, in the order they are preferred
+MMAR_CONFIGS = ("config_inference.json", "config_validation.json")
 DEFAULT_APP = "brain_extraction_t1"
 
 
@@ -46,6 +52,10 @@ class App:
     folder: Path
     #: a config file not named ``config_inference.json`` (``--app my_config.json``)
     config_file: Path | None = None
+    #: the Triton model to use instead of the inferer's ``model_name`` (``--model NAME``)
+    model: str | None = None
+    #: a Clara Train MMAR (``config/``, ``models/``): its ``config/environment.json`` is read
+    mmar: bool = False
 
     @property
     def config_path(self) -> Path:
@@ -64,18 +74,43 @@ class App:
     @property
     def model_repository(self) -> Path:
         own = self.folder / "models"
+        if self.mmar and own.is_dir() and not any((child / "config.pbtxt").is_file() for child in own.iterdir()):
+            return bundled_model_repository()  # an MMAR's models/ holds its model files, not a Triton repository
         return own.resolve() if own.is_dir() else bundled_model_repository()
 
+    def environment(self) -> dict[str, str]:
+        """An MMAR's ``config/environment.json`` (string values; ``MMAR_*`` paths taken from the MMAR root)."""
+        path = self.folder / "config" / "environment.json"
+        if not self.mmar or not path.is_file():
+            return {}
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ConfigError(f"cannot read the MMAR environment ({exc}).", file=str(path)) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"the top level must be a JSON object, got {type(raw).__name__}.", file=str(path))
+        values = {}
+        for key, value in raw.items():
+            if not isinstance(value, str):
+                continue
+            if key.startswith("MMAR_") and value and not Path(value).is_absolute():
+                value = str(self.folder / value)  # Clara Train ran from the MMAR root
+            values[key] = value
+        return values
+
     def placeholders(self, output_dir: Path | None = None) -> dict[str, str]:
-        return {
+        values = self.environment()
+        values.update({
             "APP_DIR": str(self.folder),
             "MODEL_REPOSITORY": str(self.model_repository),
             "MMAR_ROOT": str(self.folder),
-            "MMAR_EVAL_OUTPUT_PATH": str(output_dir or Path.cwd()),
-        }
+        })
+        # writers resolve {MMAR_EVAL_OUTPUT_PATH} inside the run's output folder (never environment.json's)
+        values.pop("MMAR_EVAL_OUTPUT_PATH", None)
+        return values
 
     def load_config(self, output_dir: Path | None = None) -> InferenceConfig:
-        return load_config(self.config_path, self.placeholders(output_dir))
+        return load_config(self.config_path, self.placeholders(output_dir), model=self.model)
 
     @cached_property
     def config(self) -> InferenceConfig:
@@ -89,11 +124,19 @@ def resolve_app(name_or_path: str | Path | None = None) -> App:
     if path.is_file():
         if path.suffix != ".json":
             raise ConfigError(f"{path}: an app is a folder or a config_inference.json file.")
+        parent = path.resolve().parent
+        if parent.name == "config" and (parent / "environment.json").is_file():  # a config inside an MMAR
+            return App(name=parent.parent.name, folder=parent.parent, config_file=path.resolve(), mmar=True)
         return App(name=path.parent.name, folder=path.parent.resolve(), config_file=path.resolve())
     if path.is_dir():
-        if not (path / "config_inference.json").is_file():
-            raise ConfigError(f"{path}: the app folder has no config_inference.json.")
-        return App(name=path.name, folder=path.resolve())
+        if (path / "config_inference.json").is_file():
+            return App(name=path.name, folder=path.resolve())
+        for candidate in MMAR_CONFIGS:  # a Clara Train MMAR: config/, models/, ...
+            if (path / "config" / candidate).is_file():
+                return App(name=path.name, folder=path.resolve(), config_file=(path / "config" / candidate).resolve(),
+                           mmar=True)
+        raise ConfigError(f"{path}: the folder has no config_inference.json, and no config/config_inference.json "
+                          "or config/config_validation.json (an MMAR).")
     if os.sep not in target:
         for root in app_search_path():
             if (root / target / "config_inference.json").is_file():

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from .errors import ConfigError
 from .registry import Component, Registry
 from .transforms.spatial import Dtype
 
@@ -75,6 +76,31 @@ class SimpleInferer(InfererSpec):
     pad_to_multiple: int = Field(1, ge=1)
 
 
+@INFERERS.register("SlidingWindowInferer")
+class SlidingWindowInferer(ScanWindowInferer):
+    """Clara 4's (MONAI's) scanning-window inferer: ``roi_size``, ``sw_batch_size``, ``overlap``,
+    ``mode`` (constant/gaussian) and ``cval`` on the same engine; the model is served by Triton or
+    the local runtime (never built from the config)."""
+
+    overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    sw_batch_size: int = Field(1, ge=1)
+    mode: Literal["constant", "gaussian"] = "constant"
+    sigma_scale: float | list[float] = 0.125
+    padding_mode: Literal["constant"] = "constant"
+    cval: float = 0.0
+    device: str | None = None
+    sw_device: str | None = None
+    progress: bool = False
+    cache_roi_weight_map: bool = False
+
+    def model_post_init(self, context) -> None:
+        # the engine reads the Clara 3 names
+        object.__setattr__(self, "blending", self.mode)
+        object.__setattr__(self, "pad_value", self.cval)
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", self.sw_batch_size)
+
+
 @MODEL_LOADERS.register("TRTISModelLoader", "TritonModelLoader")
 class TritonModelLoader(Component):
     """Names the model's ``config.pbtxt``; checked against the server's config before inferring."""
@@ -82,10 +108,59 @@ class TritonModelLoader(Component):
     model_spec_file_name: str
 
 
+@MODEL_LOADERS.register("FrozenGraphModelLoader", "CheckpointLoader", "TorchScriptModelLoader")
+class MmarModelLoader(Component):
+    """A Clara Train model loader naming a model file of the MMAR (a frozen TensorFlow graph, a
+    checkpoint, TorchScript). The file is never read: the model it stands for is served by Triton
+    under the inferer's ``model_name`` or ``--model NAME`` (the loader is mapped, see
+    :meth:`InferenceConfig.model_note`)."""
+
+    model_file_path: str = ""
+    checkpoint_dir: str = ""
+    checkpoint_file_prefix: str = "model.ckpt"
+    input_node_names: list[str] | dict[str, str] | None = None
+    output_node_names: list[str] | dict[str, str] | None = None
+    infer_in_training_mode: bool = False
+
+    def describe(self) -> str:
+        what = self.model_file_path or self.checkpoint_dir or "model"
+        return f"{self.config_name} ({Path(what).name or what})"
+
+
+EVAL_OUTPUT = "{MMAR_EVAL_OUTPUT_PATH}"
+
+
+def resolve_write_path(write_path: str, folder: Path, where: str) -> Path:
+    """The folder a writer writes into: ``write_path`` resolved inside the run's output ``folder``.
+
+    ``{MMAR_EVAL_OUTPUT_PATH}`` is the output folder; a relative path is taken inside it; a path
+    that resolves outside it (``..``, absolute elsewhere, a link out) is refused.
+    """
+    folder = Path(folder)
+    if EVAL_OUTPUT in write_path:
+        target = Path(write_path.replace(EVAL_OUTPUT, str(folder)))
+    elif not write_path:
+        target = folder
+    else:
+        target = Path(write_path) if Path(write_path).is_absolute() else folder / write_path
+    root, resolved = folder.resolve(), target.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ConfigError(f"{write_path!r} resolves to {resolved}, outside the output folder {root}; "
+                          "a writer may only write inside the output folder (--output).", path=where)
+    return target
+
+
 class Writer(Component):
     """A writer: where one field of the results goes, and how."""
 
     field: str = "model"
+    #: the arg naming its folder (for errors)
+    path_arg: ClassVar[str] = "write_path"
+
+    def folder(self, folder: Path) -> Path:
+        """Where it writes: its ``write_path`` resolved inside the output ``folder`` (else refused)."""
+        where = f"{self._json_path or 'writers'}.args.{self.path_arg}"
+        return resolve_write_path(getattr(self, "write_path", "") or "", folder, where)
 
     def target(self, folder: Path, stem: str, index: int) -> Path:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -111,12 +186,53 @@ class VolumeWriter(Writer):
     def target(self, folder: Path, stem: str, index: int) -> Path:
         """``<stem>.mhd`` for the first writer (the downstream DICOM writer relies on it)."""
         name = f"{stem}.{self.format}" if index == 0 else f"{stem}.{self.field}.{self.format}"
-        return Path(self.write_path or folder) / name
+        return self.folder(folder) / name
 
     def write(self, value, path: Path, *, forbid=(), overwrite: bool = True) -> Path:
         from .volume import write_volume
 
         return write_volume(value, path, compress=self.compress, overwrite=overwrite, forbid=forbid)
+
+
+@WRITERS.register("SaveImaged")
+class SaveImaged(VolumeWriter):
+    """Clara 4's writer (a post-transform there): ``keys`` written like the other writers, into
+    ``output_dir`` resolved inside the run's output folder, on the input's grid. ``output_ext``
+    picks the format; the resampling and naming args are accepted (the grid is always the input's,
+    the name the operator's)."""
+
+    path_arg: ClassVar[str] = "output_dir"
+
+    keys: list[str] | str = "pred"
+    output_dir: str = ""
+    output_ext: Literal[".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ""] = ""
+    output_postfix: str = "seg"
+    meta_keys: Any = None
+    meta_key_postfix: str = "meta_dict"
+    resample: bool = True
+    squeeze_end_dims: bool = True
+    separate_folder: bool = True
+    print_log: bool = True
+    output_dtype: Any = None
+    mode: str = "nearest"
+    padding_mode: str = "border"
+    data_root_dir: str = ""
+    allow_missing_keys: bool = False
+
+    @field_validator("keys")
+    @classmethod
+    def _one_key(cls, value):
+        keys = [value] if isinstance(value, str) else value
+        if len(keys) != 1:
+            raise ValueError("write one key per SaveImaged")
+        return value
+
+    def model_post_init(self, context) -> None:
+        key = self.keys if isinstance(self.keys, str) else self.keys[0]
+        object.__setattr__(self, "field", key)
+        object.__setattr__(self, "write_path", self.output_dir)
+        if self.output_ext:
+            object.__setattr__(self, "format", self.output_ext.lstrip("."))
 
 
 @dataclass(frozen=True)
@@ -163,7 +279,7 @@ class ClassificationWriter(Writer):
     write_path: str = ""
 
     def target(self, folder: Path, stem: str, index: int) -> Path:
-        return Path(self.write_path or folder) / f"output-{stem}.csv"
+        return self.folder(folder) / f"output-{stem}.csv"
 
     def result(self, scores, fallback_names: dict[int, str]) -> ClassificationResult:
         values = [float(v) for v in scores]

@@ -30,9 +30,24 @@ class ConfigError(ClaraNapariError):
     def __init__(self, message: str, *, path: str = "", file: str = "") -> None:
         self.json_path = path
         self.file = file
+        self.detail = message
         where = f"{file}: " if file else ""
         at = f"{path}: " if path else ""
         super().__init__(one_line(f"{where}{at}{message}"))
+
+
+class ConfigProblems(ConfigError):
+    """Several problems of one config, reported together (``problems``: each a :class:`ConfigError`
+    with its own JSON path); ``json_path`` is the first one's."""
+
+    def __init__(self, problems: list[ConfigError], *, file: str = "", kind: str = "") -> None:
+        self.problems = list(problems)
+        self.kind = kind
+        listed = "; ".join(f"({i}) {p.json_path + ': ' if p.json_path else ''}{p.detail}"
+                           for i, p in enumerate(self.problems, 1))
+        found = f" (a {kind} config)" if kind else ""
+        super().__init__(f"{len(self.problems)} problems{found}: {listed}", file=file)
+        self.json_path = self.problems[0].json_path if self.problems else ""
 
 
 class ServerError(ClaraNapariError):

@@ -14,7 +14,7 @@ from typing import Callable
 
 from .apps import App
 from .backends import open_backend
-from .errors import Cancelled, ClaraNapariError, VolumeError
+from .errors import Cancelled, ClaraNapariError, ConfigError, VolumeError
 from .pipeline import Segmentation, segment_volume
 from .progress import CancelToken, Progress
 from .resources import check_run_memory
@@ -69,10 +69,22 @@ def planned_outputs(options: RunOptions, source: Path) -> list[Path]:
     return [w.target(Path(options.output), stem, i) for i, w in enumerate(config.writers)]
 
 
+def check_run(options: RunOptions) -> None:
+    """Refuse, before any work, a config that names no model or has a writer aiming outside ``--output``."""
+    config = options.app.config
+    config.require_model()
+    for index, writer in enumerate(config.writers):
+        try:
+            writer.target(Path(options.output), "check", index)
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, path=exc.json_path, file=str(config.file)) from None
+
+
 def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None = None,
         report: Callable[[VolumeResult], None] | None = None, cancel: CancelToken | None = None) -> list[VolumeResult]:
     """Process every input volume; returns one result per volume (failures included)."""
     config = options.app.config
+    check_run(options)
     inputs = list_inputs(options.input, options.first_only)
     backend = open_backend(options.server, threads=options.threads, app=options.app, **options.server_options)
     results: list[VolumeResult] = []

@@ -88,7 +88,7 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
     # 2. windows → predictor → stitching
     stage("inference")
     prediction = _infer(image, config, model, progress, cancel)
-    sample.put("model", prediction, sample.meta["image"].copy(is_label=False))  # scores: [C] for classifiers
+    sample.put(config.output_field, prediction, sample.meta["image"].copy(is_label=False))  # scores: [C] for classifiers
     lap("inference")
 
     # 3. post-transforms
@@ -110,10 +110,23 @@ def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progr
     inferer = config.inferer
     tensor = model.input
     batch_size = inferer.batch_size or config.batch_size
+    limit = getattr(model, "max_batch_size", 0) or 0
+    if config.model_override and 0 < limit < batch_size:
+        # the config's batch was sized for its own model; the model given with --model takes fewer
+        log.warning("%s: the model %r takes batches of %d at most; using %d instead of %d.", config.file.name,
+                    model.spec.name, limit, limit, batch_size)
+        batch_size = limit
     if is_classifier(config, model):
         return _classify(image, config, model, cancel)
     if config.scanning:
         roi = inferer.roi_size or fixed_window(model.spec, tensor)
+        fixed = fixed_window(model.spec, tensor)
+        if config.model_override and fixed is not None and inferer.roi_size and list(fixed) != list(inferer.roi_size):
+            # the config's window was sized for its own model; a model given with --model that takes one
+            # window size only gets it (as Clara Deploy's operator, which never passed roi_size on)
+            log.warning("%s: the model %r takes windows of %s only; using them instead of the inferer's roi_size %s.",
+                        config.file.name, model.spec.name, list(fixed), list(inferer.roi_size))
+            roi = fixed
         if roi is None:
             raise ConfigError(f"{config.file}: inferer.args.roi_size: the model {model.spec.name!r} has no fixed "
                               f"window size (dims {list(tensor.dims)}); set roi_size [x, y, z].")

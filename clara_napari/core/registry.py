@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigProblems
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=type)
@@ -27,6 +27,8 @@ class Component(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True)
     #: The name it was built under (set by the registry; several names may share a class).
     _config_name: str = PrivateAttr("")
+    #: where it stands in the config (``writers[1]``), for errors found after loading
+    _json_path: str = PrivateAttr("")
 
     @property
     def config_name(self) -> str:
@@ -75,19 +77,33 @@ class Registry:
         return name in self._classes
 
     def build(self, spec: Any, path: str, file: str = "") -> Component | None:
-        """Build one ``{"name": ..., "args": {...}}``; ``None`` for a skipped training-only name."""
+        """Build one ``{"name": ..., "args": {...}}``; ``None`` for a skipped training-only name
+        or an entry with ``"disabled": true`` (Clara's way of switching an entry off)."""
         if not isinstance(spec, dict):
             raise ConfigError(f"expected an object with 'name' and 'args', got {_kind(spec)}.", path=path, file=file)
-        unknown = sorted(set(spec) - {"name", "args"})
+        if "path" in spec:
+            # Clara's custom components: {"name": "MyThing", "path": "my_module.MyThing"} imports code
+            raise ConfigError(f"custom {self.kind} {_kind(spec.get('path'))}: a config can never import code; "
+                              f"install a package that registers it through the '{ENTRY_POINT_GROUP}' entry-point "
+                              "group (README: custom components).", path=f"{path}.path", file=file)
+        unknown = sorted(set(spec) - {"name", "args", "disabled"})
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r} (a component has only 'name' and 'args').",
                               path=f"{path}.{unknown[0]}", file=file)
+        disabled = spec.get("disabled", False)
+        if not isinstance(disabled, bool):
+            raise ConfigError(f"'disabled' must be true or false, got {_kind(disabled)}.", path=f"{path}.disabled",
+                              file=file)
         name = spec.get("name")
         if not isinstance(name, str):
             raise ConfigError(f"'name' must be a string, got {_kind(name)}.", path=f"{path}.name", file=file)
+        name = name.split("#", 1)[0]  # Clara's "Name#alias" (the alias is only for {"ref": ...} reuse)
         args = spec.get("args", {})
         if not isinstance(args, dict):
             raise ConfigError(f"'args' must be an object, got {_kind(args)}.", path=f"{path}.args", file=file)
+        if disabled:
+            log.info("%s: skipping disabled %s %r", path, self.kind, name)
+            return None
         if name in self.skipped:
             log.warning("%s: skipping %s %r: %s", path, self.kind, name, self.skipped[name])
             return None
@@ -95,14 +111,19 @@ class Registry:
         if cls is None:
             close = difflib.get_close_matches(name, list(self._classes) + list(self.skipped), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            if "." in name:
+                hint += (f" A dotted name is a custom component: a config can never import code; install a package "
+                         f"that registers it through the '{ENTRY_POINT_GROUP}' entry-point group.")
             raise ConfigError(f"unknown {self.kind} {name!r}.{hint}", path=f"{path}.name", file=file)
         try:
             component = cls.model_validate(args)
         except pydantic.ValidationError as exc:
-            raise _config_error(exc, cls, f"{path}.args", file) from None
+            errors = _config_errors(exc, cls, f"{path}.args", file)
+            raise (errors[0] if len(errors) == 1 else ConfigProblems(errors, file=file)) from None
         except (ValueError, TypeError) as exc:  # raised by a validator outside pydantic's wrapping
             raise ConfigError(str(exc), path=f"{path}.args", file=file) from None
         component._config_name = name
+        component._json_path = path
         return component
 
 
@@ -139,8 +160,18 @@ def load_plugins() -> list[str]:
     return loaded
 
 
-def _config_error(exc: pydantic.ValidationError, cls: type[BaseModel], path: str, file: str) -> ConfigError:
-    err = exc.errors(include_url=False)[0]
+def _config_errors(exc: pydantic.ValidationError, cls: type[BaseModel], path: str, file: str) -> list[ConfigError]:
+    """Every problem pydantic found in one component's args (each with its JSON path)."""
+    errors, seen = [], set()
+    for err in exc.errors(include_url=False):
+        arg = tuple(err["loc"][:1])  # one problem per arg (a union type reports each alternative)
+        if arg not in seen:
+            seen.add(arg)
+            errors.append(_config_error(err, cls, path, file))
+    return errors
+
+
+def _config_error(err: dict, cls: type[BaseModel], path: str, file: str) -> ConfigError:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
     where = f"{path}{loc}"
     if err["type"] == "extra_forbidden":

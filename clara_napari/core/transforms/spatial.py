@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 
 from ..errors import ConfigError
 from ..geometry import Grid, onto_grid, reorient, resample
@@ -32,6 +32,12 @@ class LoadNifti(FieldsMixin, Transform):
 
     dtype: Dtype = "float32"
     as_closest_canonical: bool = False
+
+    @field_validator("as_closest_canonical", mode="before")
+    @classmethod
+    def _boolean_text(cls, value):
+        """An NVIDIA example config passes the flag as the string "false"; take "true"/"false" as such."""
+        return {"true": True, "false": False}.get(value.lower(), value) if isinstance(value, str) else value
 
     def __call__(self, sample: Sample) -> None:
         for key in self.fields:
@@ -102,9 +108,12 @@ class ScaleBySpacing(_Resampling):
 
 @TRANSFORMS.register("ScaleByFactor")
 class ScaleByFactor(_Resampling):
-    """Multiply the number of voxels along each axis by ``scale_factor`` (one number or [x, y, z])."""
+    """Multiply the number of voxels along each axis by ``scale_factor`` (one number or [x, y, z]).
 
-    scale_factor: float | list[float] = Field(...)
+    Published Clara 3 configs (HeaortaNet) name it ``factor``; both are accepted.
+    """
+
+    scale_factor: float | list[float] = Field(..., validation_alias=AliasChoices("scale_factor", "factor"))
 
     @field_validator("scale_factor")
     @classmethod
