@@ -35,6 +35,8 @@ class RunOptions:
     threads: int | None = None
     publish_format: str = "meta"
     server_options: dict = field(default_factory=dict)
+    #: also write ``<output>/<name>.seg.dcm`` (DICOM series inputs only)
+    dicom_seg: bool = False
 
 
 @dataclass
@@ -65,7 +67,12 @@ def list_inputs(path: Path, first_only: bool = False) -> list[Path]:
 def planned_outputs(options: RunOptions, source: Path) -> list[Path]:
     config = options.app.config
     stem = safe_stem(volume_stem(source))
-    return [w.target(Path(options.output), stem, i) for i, w in enumerate(config.writers)]
+    targets = [w.target(Path(options.output), stem, i) for i, w in enumerate(config.writers)]
+    if options.dicom_seg:
+        from .dicom.seg import seg_path
+
+        targets.append(seg_path(options.output, stem))
+    return targets
 
 
 def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None = None,
@@ -73,6 +80,11 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
     """Process every input volume; returns one result per volume (failures included)."""
     config = options.app.config
     inputs = list_inputs(options.input, options.first_only)
+    if options.dicom_seg:
+        from .dicom.writer import require_dicom_source
+
+        for source in inputs:
+            require_dicom_source(source)
     backend = open_backend(options.server, threads=options.threads, app=options.app, **options.server_options)
     results: list[VolumeResult] = []
     try:
@@ -109,7 +121,12 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
                                       progress=progress_for(source) if progress_for else None)
         written = []
         for (writer, out), target in zip(segmentation.outputs, targets):
-            written.append(writer.write(out, target, overwrite=True, forbid=[source]))
+            extra = {"app": options.app, "model": segmentation.model} if getattr(writer, "wants_app", False) else {}
+            written.append(writer.write(out, target, overwrite=True, forbid=[source], **extra))
+        if options.dicom_seg:
+            from .dicom.writer import write_app_seg
+
+            written.append(write_app_seg(segmentation.labels, options.app, targets[-1], model=segmentation.model))
         if options.publish is not None and segmentation.classification is None:
             from .publish import write_publish_bundle
 
