@@ -77,9 +77,9 @@ def pacs_input(args: argparse.Namespace) -> Iterator[Path | None]:
     pacs = pacs_of(args)
     work = Path(tempfile.mkdtemp(prefix="clara-napari-pacs-"))   # mode 0700
     try:
-        series = pacs.fetch_series(args.study, args.series, work)
-        print(f"fetched series {args.series or series.name} ({len(list(series.iterdir()))} instances) from {pacs.name}")
-        yield series.parent
+        folder, uid = pacs.fetch_series(args.study, args.series, work)
+        print(f"fetched series {uid} ({len(list(folder.iterdir()))} instances) from {pacs.name}")
+        yield folder.parent
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

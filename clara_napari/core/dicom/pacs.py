@@ -137,8 +137,8 @@ class Pacs:
                             f"{MAX_INSTANCES} fetched here.")
         return uids
 
-    def fetch_series(self, study: str, series: str | None, dest: Path) -> Path:
-        """Retrieve the series into a new private folder under ``dest``; returns that folder."""
+    def fetch_series(self, study: str, series: str | None, dest: Path) -> tuple[Path, str]:
+        """Retrieve the series into a new private folder under ``dest``; returns it and the series UID."""
         import pydicom
 
         study = check_uid(study, "study UID")
@@ -169,7 +169,7 @@ class Pacs:
             raise PacsError(f"PACS {self.name}: retrieved {len(seen)} of the {len(expected)} instances of series "
                             f"{series}; the retrieve is incomplete.")
         log.info("PACS %s: retrieved %d instances of series %s", self.name, len(seen), series)
-        return target
+        return target, series
 
     # -- store ----------------------------------------------------------------------------------
     def store(self, path: Path | str) -> str:
@@ -215,10 +215,14 @@ def parse_dimse_address(text: str) -> tuple[str, str, int]:
 
 
 def c_store(address: str, path: Path | str, *, calling_aet: str = "CLARA_NAPARI", timeout_s: float = 30.0) -> str:
-    """C-STORE one DICOM file to ``AET@host:port``; returns its SOP Instance UID once stored (status 0)."""
+    """C-STORE one DICOM file to ``AET@host:port``; returns its SOP Instance UID once stored.
+
+    Stored means status 0x0000 and, when the node answers C-FIND (Study Root, IMAGE level), the
+    node then finding the instance: some PACS answer success to a store their filters dropped.
+    """
     import pydicom
     from pynetdicom import AE
-    from pynetdicom.presentation import StoragePresentationContexts  # noqa: F401  (registers the classes)
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
     aet, host, port = parse_dimse_address(address)
     path = Path(path)
@@ -227,6 +231,7 @@ def c_store(address: str, path: Path | str, *, calling_aet: str = "CLARA_NAPARI"
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
     ae.add_requested_context(ds.SOPClassUID, [str(ds.file_meta.TransferSyntaxUID)])
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     where = f"{aet}@{host}:{port}"
     assoc = ae.associate(host, port, ae_title=aet)
     if not assoc.is_established:
@@ -234,12 +239,38 @@ def c_store(address: str, path: Path | str, *, calling_aet: str = "CLARA_NAPARI"
         raise PacsError(f"DICOM node {where}: {reason} (C-STORE of {path.name}).")
     try:
         status = assoc.send_c_store(ds)
+        code = getattr(status, "Status", None) if status else None
+        if code is None:
+            raise PacsError(f"DICOM node {where}: no answer to the C-STORE of {path.name} (connection lost or timed out).")
+        if int(code) != 0x0000:
+            raise PacsError(f"DICOM node {where}: refused to store {path.name} (status 0x{int(code):04X}).")
+        found = _c_find_instance(assoc, ds)
     finally:
         assoc.release()
-    code = getattr(status, "Status", None) if status else None
-    if code is None:
-        raise PacsError(f"DICOM node {where}: no answer to the C-STORE of {path.name} (connection lost or timed out).")
-    if int(code) != 0x0000:
-        raise PacsError(f"DICOM node {where}: refused to store {path.name} (status 0x{int(code):04X}).")
-    log.info("DICOM node %s: stored %s", where, path.name)
+    if found is False:
+        raise PacsError(f"DICOM node {where}: answered success to the C-STORE of {path.name} but does not hold it.")
+    log.info("DICOM node %s: stored %s%s", where, path.name, "" if found else " (not verified: no C-FIND)")
     return str(ds.SOPInstanceUID)
+
+
+def _c_find_instance(assoc, ds) -> bool | None:
+    """Whether the node finds the instance (C-FIND, IMAGE level); ``None`` when it offers no C-FIND."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    if not any(c.abstract_syntax == StudyRootQueryRetrieveInformationModelFind for c in assoc.accepted_contexts):
+        return None
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = ds.StudyInstanceUID
+    query.SeriesInstanceUID = ds.SeriesInstanceUID
+    query.SOPInstanceUID = ds.SOPInstanceUID
+    found = False
+    for count, (status, identifier) in enumerate(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)):
+        if count > 10 or not status:
+            return None                         # no usable answer: cannot tell
+        if status.Status in (0xFF00, 0xFF01) and identifier is not None:
+            found = found or str(getattr(identifier, "SOPInstanceUID", "")) == str(ds.SOPInstanceUID)
+        elif status.Status != 0x0000:
+            return None                         # the node refused the query (e.g. unknown caller)
+    return found
