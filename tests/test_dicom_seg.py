@@ -295,3 +295,16 @@ def test_dicom_seg_writer_in_a_config_and_the_api(small_ct_series, tmp_path):
     np.testing.assert_array_equal(labels.array, mhd.array)
     np.testing.assert_array_equal(read_seg(tmp_path / "api" / "chest_crop.seg.dcm", reference=source).labels.array,
                                   mhd.array)
+
+
+def test_a_seg_writer_in_the_config_refuses_non_dicom_inputs_before_inferring(tmp_path):
+    from clara_napari.core.operator import RunOptions, run
+
+    app_dir = tmp_path / "app"
+    shutil.copytree(ROOT / "config" / "lung_ct", app_dir)
+    config = json.loads((app_dir / "config_inference.json").read_text())
+    config["writers"].append({"name": "DicomSegWriter", "args": {"field": "model"}})
+    (app_dir / "config_inference.json").write_text(json.dumps(config))
+    with pytest.raises(DicomError, match="the writer DicomSegWriter needs a DICOM series folder"):
+        run(RunOptions(app=resolve_app(app_dir), input=CT, output=tmp_path / "out", server="local"))
+    assert not (tmp_path / "out").exists()

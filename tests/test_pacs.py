@@ -25,6 +25,7 @@ from clara_napari.core.errors import PacsError
 from clara_napari.core.server import free_port
 from clara_napari.core.volume import read_volume
 from dicom_series import write_ct_series
+from test_security import TlsProxy, certs  # noqa: F401  (the CA, server and client certificates fixture)
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("dicomweb_client")
@@ -302,3 +303,24 @@ def test_rejected_store_keeps_local_outputs(refusing_orthanc, tmp_path, capsys, 
     segs = list(out.glob("*.seg.dcm"))
     assert len(segs) == 1 and all(f"(kept {segs[0]})" in ln for ln in failed)
     assert refusing_orthanc.instances(uids["study"], "SEG") == []
+
+
+def test_https_pacs_with_ca_and_client_certificate(orthanc, ct_study, certs, tmp_path):  # noqa: F811
+    """TLS to the PACS (a loopback TLS relay in front of Orthanc): --pacs-ssl-ca/-cert/-key."""
+    from clara_napari.core.dicom.pacs import Pacs
+
+    proxy = TlsProxy(orthanc.http_port, certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
+    try:
+        url = f"https://localhost:{proxy.port}/dicom-web"
+        pacs = Pacs(url, headers={"Authorization": AUTH}, ssl_ca=str(certs / "ca.pem"),
+                    ssl_cert=str(certs / "client.pem"), ssl_key=str(certs / "client.key"))
+        assert pacs.find_series(ct_study["study"]) == (ct_study["series"], 61)
+        with pytest.raises(PacsError, match=f"PACS {url}: (TLS failed|cannot connect)"):   # no client certificate
+            Pacs(url, headers={"Authorization": AUTH}, ssl_ca=str(certs / "ca.pem"), timeout_s=5).find_series(ct_study["study"])
+        with pytest.raises(PacsError, match=f"PACS {url}: TLS failed"):                     # a CA that did not sign it
+            Pacs(url, headers={"Authorization": AUTH}, ssl_ca=str(certs / "other.pem"), ssl_cert=str(certs / "client.pem"),
+                 ssl_key=str(certs / "client.key"), timeout_s=5).find_series(ct_study["study"])
+        with pytest.raises(PacsError, match="does not exist"):
+            Pacs(url, ssl_ca=str(tmp_path / "missing.pem"))
+    finally:
+        proxy.close()

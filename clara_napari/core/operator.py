@@ -80,11 +80,12 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
     """Process every input volume; returns one result per volume (failures included)."""
     config = options.app.config
     inputs = list_inputs(options.input, options.first_only)
-    if options.dicom_seg:
+    seg_writer = next((w.config_name for w in config.writers if getattr(w, "wants_app", False)), None)
+    if options.dicom_seg or seg_writer:
         from .dicom.writer import require_dicom_source
 
         for source in inputs:
-            require_dicom_source(source)
+            require_dicom_source(source, "--dicom-seg" if options.dicom_seg else f"the writer {seg_writer}")
     backend = open_backend(options.server, threads=options.threads, app=options.app, **options.server_options)
     results: list[VolumeResult] = []
     try:

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Refuse a series with more instances than this.
 MAX_INSTANCES = 5000
+#: Refuse a series whose retrieved files add up to more than this.
+MAX_SERIES_BYTES = 16 * 1024**3
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 IMAGE_MODALITIES = {"CT", "MR", "PT", "NM", "US", "XA", "CR", "DX", "MG", "OT", "RF"}
 
@@ -149,6 +151,7 @@ class Pacs:
         target = folder / series.replace(".", "_")[-48:]
         target.mkdir(mode=0o700)
         seen: set[str] = set()
+        total = 0
         try:
             for k, ds in enumerate(self.client().iter_series(study, series)):
                 if k >= len(expected):
@@ -160,7 +163,12 @@ class Pacs:
                     raise PacsError(f"PACS {self.name}: series {series} returned an instance that is not one it "
                                     "lists; refused.")
                 seen.add(uid)
-                pydicom.dcmwrite(target / f"{k + 1:05d}.dcm", ds, enforce_file_format=True)
+                written = target / f"{k + 1:05d}.dcm"
+                pydicom.dcmwrite(written, ds, enforce_file_format=True)
+                total += written.stat().st_size
+                if total > MAX_SERIES_BYTES:
+                    raise PacsError(f"PACS {self.name}: series {series} holds more than "
+                                    f"{MAX_SERIES_BYTES // 1024**3} GiB; refused.")
         except PacsError:
             raise
         except Exception as exc:
