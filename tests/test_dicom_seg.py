@@ -308,3 +308,40 @@ def test_a_seg_writer_in_the_config_refuses_non_dicom_inputs_before_inferring(tm
     with pytest.raises(DicomError, match="the writer DicomSegWriter needs a DICOM series folder"):
         run(RunOptions(app=resolve_app(app_dir), input=CT, output=tmp_path / "out", server="local"))
     assert not (tmp_path / "out").exists()
+
+
+def test_hostile_seg_files_are_refused(small_ct_series, tmp_path):
+    """A tampered SEG (positions far apart, a broken orientation, truncated pixels) is one DicomError, never a crash."""
+    from clara_napari.core.dicom.seg import read_seg
+    from clara_napari.core.dicom.writer import write_app_seg
+
+    source = read_volume(small_ct_series)
+    good = write_app_seg(source.with_array(np.ones(source.array.shape, np.uint8)), resolve_app("lung_ct"),
+                         tmp_path / "good.seg.dcm")
+
+    def tampered(name, change):
+        ds = pydicom.dcmread(good)
+        change(ds)
+        path = tmp_path / name
+        ds.save_as(path)
+        return path
+
+    def far(ds):
+        ds.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0].ImagePositionPatient[2] = "9.9e9"
+        ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices = "0.001"
+
+    def flat(ds):
+        ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
+
+    def short(ds):
+        ds.PixelData = bytes(ds.PixelData)[:1000]
+
+    with pytest.raises(DicomError, match="refused as too large"):
+        read_seg(tampered("far.dcm", far))
+    with pytest.raises(DicomError, match="not a valid grid"):
+        read_seg(tampered("flat.dcm", flat))
+    with pytest.raises(DicomError, match="truncated"):
+        read_seg(tampered("short.dcm", short))
+    with pytest.raises(DicomError, match="lies off the grid"):
+        read_seg(tampered("off.dcm", lambda ds: ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+                          .ImagePositionPatient.__setitem__(0, "1000")), reference=source)

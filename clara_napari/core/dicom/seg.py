@@ -26,6 +26,9 @@ from .series import source_datasets
 log = logging.getLogger(__name__)
 
 SEG_SUFFIX = ".seg.dcm"
+#: A SEG read without a reference may span at most this many slices / label voxels.
+MAX_SLICES = 10000
+MAX_LABEL_VOXELS = 4 * 1024**3
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -206,6 +209,10 @@ def read_seg(path: Path | str, reference: Volume | None = None) -> SegData:
         masks = masks.astype(np.float32) / top >= 0.5
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
+    if (iop.shape != (6,) or positions.shape != (frames, 3) or not np.isfinite(positions).all()
+            or abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3
+            or abs(row_dir @ col_dir) > 1e-3 or min(row_spacing, col_spacing) <= 0):
+        raise DicomError(f"{path}: the SEG's orientation, positions or pixel spacing are not a valid grid.")
     if reference is not None:
         grid = reference
         d = reference.direction_matrix
@@ -220,6 +227,10 @@ def read_seg(path: Path | str, reference: Volume | None = None) -> SegData:
         step = float(between) if between else (float(steps.min()) if steps.size else 1.0)
         first = positions[int(np.argmin(along))]
         depth = int(round((order[-1] - order[0]) / step)) + 1 if steps.size else 1
+        if not np.isfinite(step) or step <= 0:
+            raise DicomError(f"{path}: the SEG's slice spacing {step} is not positive.")
+        if depth > MAX_SLICES or depth * count > MAX_LABEL_VOXELS:
+            raise DicomError(f"{path}: the SEG's frames span {depth} slices of {rows}x{cols}; refused as too large.")
         direction = np.column_stack([row_dir, col_dir, normal])
         origin, spacing = first, np.array([col_spacing, row_spacing, step])
         grid = None
