@@ -76,7 +76,10 @@ class Pacs:
         if self.ssl_cert:
             session.cert = (self.ssl_cert, self.ssl_key)
         session.headers.update(self.headers)
-        return DICOMwebClient(self.url.rstrip("/"), session=session, timeout=self.timeout_s)
+        client = DICOMwebClient(self.url.rstrip("/"), session=session, timeout=self.timeout_s)
+        # its default retries every failure (a refused connection too) 5 times over 30 s: fail fast instead
+        client.set_http_retry_params(retry=False)
+        return client
 
     # -- errors -------------------------------------------------------------------------------
     def _fail(self, exc: BaseException, doing: str) -> PacsError:
