@@ -198,7 +198,10 @@ def test_pacs_down(tmp_path, capsys):
     assert f"PACS http://127.0.0.1:{port}/dicom-web: cannot connect" in err[0]
 
 
-def test_series_not_found_and_auth_refused(orthanc, ct_study, tmp_path, capsys):
+def test_series_not_found_and_auth_refused(orthanc, ct_study, tmp_path, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)      # dicomweb-client, requests and urllib3 log at DEBUG: never the credentials
     code = run_cli(["--pacs", orthanc.url, "--study", "1.2.3.4.5", "--pacs-header", f"Authorization={AUTH}",
                     "--dicom-seg", "--output", str(tmp_path / "out"), "--logs", str(tmp_path / "logs")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -216,6 +219,8 @@ def test_series_not_found_and_auth_refused(orthanc, ct_study, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is not a DICOM UID" in err[0]
     assert not (tmp_path / "out").exists()
+    assert "GET" in caplog.text or "dicom-web" in caplog.text
+    assert PASSWORD not in caplog.text and AUTH.split()[1] not in caplog.text
 
 
 class CuttingRelay:
