@@ -62,7 +62,10 @@ class Orthanc:
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
             "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
             "Plugins": [str(plugin)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "DicomCheckCalledAet": False, "DicomAlwaysAllowFind": True, "HttpThreadsCount": 4, "ConcurrentJobs": 1, "StorageCompression": False,
+            "DicomCheckCalledAet": False,
+            # Orthanc 1.10 cannot bind to loopback only: its DICOM port accepts only our AE title from 127.0.0.1
+            "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False, "DicomAlwaysAllowFind": False,
+            "DicomCheckModalityHost": True, "DicomModalities": {"clara": ["CLARA_NAPARI", "127.0.0.1", 104]}, "HttpThreadsCount": 4, "ConcurrentJobs": 1, "StorageCompression": False,
         }
         if lua is not None:
             (folder / "filter.lua").write_text(lua)
@@ -182,6 +185,8 @@ def test_c_store_to_the_dicom_port(orthanc, ct_study, tmp_path):
     source = read_volume(Path(ct_study["folder"]))
     labels = source.with_array((source.array < -500).astype(np.uint8))
     seg = write_app_seg(labels, resolve_app("lung_ct"), tmp_path / "c.seg.dcm")
+    with pytest.raises(PacsError, match=f"DICOM node ORTHANC@127.0.0.1:{orthanc.dicom_port}: rejected the association"):
+        c_store(f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", seg, calling_aet="INTRUDER", timeout_s=30)
     uid = c_store(f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", seg, timeout_s=30)
     stored = [pydicom.dcmread(__import__("io").BytesIO(orthanc.file(i)), stop_before_pixels=True)
               for i in orthanc.instances(ct_study["study"], "SEG")]
