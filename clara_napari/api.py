@@ -44,12 +44,30 @@ def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
 
 def segment(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
             progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
-            model: str | None = None, **server_options) -> Volume:
+            model: str | None = None, dicom_seg: str | Path | None = None, **server_options) -> Volume:
     """Segment a volume (or a path) with an app and return the label :class:`Volume`.
 
     ``server``: ``"local"`` (onnxruntime in process), a Triton address, or ``None`` for the
     default (``$NVIDIA_CLARA_TRTISURI``, else an embedded Triton server). The labels have the
     input's size, spacing, origin and direction exactly.
+
+    ``dicom_seg``: for a DICOM series input, also write a DICOM SEG there (a folder gets
+    ``<name>.seg.dcm``); any other input is refused before inferring.
     """
-    return run_app(volume_or_path, app, server=server, progress=progress, cancel=cancel, threads=threads,
-                   model=model, **server_options).labels
+    if dicom_seg is not None:
+        from .core.dicom.writer import require_dicom_source
+
+        require_dicom_source(volume_or_path.path if isinstance(volume_or_path, Volume) else volume_or_path, "dicom_seg")
+    app = app if isinstance(app, App) else resolve_app(app)
+    segmentation = run_app(volume_or_path, app, server=server, progress=progress, cancel=cancel, threads=threads,
+                           model=model, **server_options)
+    if dicom_seg is not None:
+        from .core.dicom.seg import SEG_SUFFIX, seg_path
+        from .core.dicom.writer import write_app_seg
+        from .core.volume import safe_stem
+
+        target = Path(dicom_seg)
+        if not target.name.endswith(SEG_SUFFIX) and not target.name.endswith(".dcm"):
+            target = seg_path(target, safe_stem(segmentation.source.name))
+        write_app_seg(segmentation.labels, app, target, model=segmentation.model)
+    return segmentation.labels

@@ -46,11 +46,11 @@ def _add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssl-key", help="client private key file (with --ssl-cert)")
 
 
-def parse_headers(items: list[str]) -> dict[str, str]:
-    """``KEY=VALUE`` items (and ``$CLARA_NAPARI_HEADERS``) → a header dict."""
+def parse_headers(items: list[str], env: str = "CLARA_NAPARI_HEADERS") -> dict[str, str]:
+    """``KEY=VALUE`` items (and ``$CLARA_NAPARI_HEADERS``, or ``env``) → a header dict."""
     from .core.errors import ServerError
 
-    env = [p for p in os.environ.get("CLARA_NAPARI_HEADERS", "").split(";") if p.strip()]
+    env = [p for p in os.environ.get(env, "").split(";") if p.strip()]
     headers = {}
     for item in env + list(items):
         key, sep, value = item.partition("=")
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="config.meta form: 'meta' (density/seg_masks, the operator's) or 'data' (newer)")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     run.add_argument("--first-only", action="store_true", help="process only the first volume (the original's habit)")
+    from .dicom_cli import add_dicom_args
+
+    add_dicom_args(run)
     _add_server_args(run)
 
     apps = sub.add_parser("apps", help="list the bundled apps")
@@ -215,9 +218,12 @@ def _setup_run_logging(logs: Path | None, app) -> Path | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from .core.apps import resolve_app
     from .core.operator import RunOptions, run
     from .core.progress import CancelToken
+    from .dicom_cli import pacs_input, send_results
 
     app = resolve_app(args.app)
     if args.model:
@@ -227,8 +233,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = app.config  # load and check before touching any folder
     if config.model_override or config.source_model:
         print(config.model_note(), file=sys.stderr)
+    stack = contextlib.ExitStack()
+    fetched = stack.enter_context(pacs_input(args))   # --pacs: the series, fetched into a private folder
     options = RunOptions(
-        app=app, input=_folder(args, "input"), output=_folder(args, "output"),
+        app=app, input=fetched or _folder(args, "input"), output=_folder(args, "output"), dicom_seg=args.dicom_seg,
         publish=None if args.no_publish else _folder(args, "publish"), logs=_folder(args, "logs"),
         server=args.server or os.environ.get("NVIDIA_CLARA_TRTISURI"), overwrite=args.overwrite,
         first_only=args.first_only, threads=args.threads, publish_format=args.publish_format,
@@ -243,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_terminate)
-    failures = 0
+    failures = unsent = 0
 
     def report(result) -> None:
         nonlocal failures
@@ -257,12 +265,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         results = run(options, progress_for=_progress_for(True), report=report, cancel=cancel)
+        unsent = send_results(args, results)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        stack.close()
     total = len(results)
     summary = f"{total - failures}/{total} volumes segmented with {app.name}"
     print(summary + (f" (log: {log_file})" if log_file else ""))
-    return 0 if failures == 0 else 1
+    return 0 if failures == 0 and unsent == 0 else 1
 
 
 def cmd_apps(args: argparse.Namespace) -> int:

@@ -301,3 +301,6 @@ class ClassificationWriter(Writer):
         except OSError as exc:
             raise VolumeError(f"{path}: cannot write ({exc.strerror or exc}).") from None
         return path
+
+
+from .dicom import writer as _dicom_writer  # noqa: E402,F401  (registers DicomSegWriter)

@@ -60,3 +60,11 @@ class ModelMismatchError(ServerError):
 
 class Cancelled(ClaraNapariError):
     """The user cancelled a running job."""
+
+
+class DicomError(ClaraNapariError):
+    """A DICOM series or DICOM SEG cannot be used or written (names the file or folder)."""
+
+
+class PacsError(ClaraNapariError):
+    """A PACS cannot be reached, does not hold what was asked, or refuses a store (names the PACS)."""

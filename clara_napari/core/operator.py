@@ -36,6 +36,8 @@ class RunOptions:
     threads: int | None = None
     publish_format: str = "meta"
     server_options: dict = field(default_factory=dict)
+    #: also write ``<output>/<name>.seg.dcm`` (DICOM series inputs only)
+    dicom_seg: bool = False
 
 
 @dataclass
@@ -66,7 +68,12 @@ def list_inputs(path: Path, first_only: bool = False) -> list[Path]:
 def planned_outputs(options: RunOptions, source: Path) -> list[Path]:
     config = options.app.config
     stem = safe_stem(volume_stem(source))
-    return [w.target(Path(options.output), stem, i) for i, w in enumerate(config.writers)]
+    targets = [w.target(Path(options.output), stem, i) for i, w in enumerate(config.writers)]
+    if options.dicom_seg:
+        from .dicom.seg import seg_path
+
+        targets.append(seg_path(options.output, stem))
+    return targets
 
 
 def check_run(options: RunOptions) -> None:
@@ -86,6 +93,12 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
     config = options.app.config
     check_run(options)
     inputs = list_inputs(options.input, options.first_only)
+    seg_writer = next((w.config_name for w in config.writers if getattr(w, "wants_app", False)), None)
+    if options.dicom_seg or seg_writer:
+        from .dicom.writer import require_dicom_source
+
+        for source in inputs:
+            require_dicom_source(source, "--dicom-seg" if options.dicom_seg else f"the writer {seg_writer}")
     backend = open_backend(options.server, threads=options.threads, app=options.app, **options.server_options)
     results: list[VolumeResult] = []
     try:
@@ -122,7 +135,12 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
                                       progress=progress_for(source) if progress_for else None)
         written = []
         for (writer, out), target in zip(segmentation.outputs, targets):
-            written.append(writer.write(out, target, overwrite=True, forbid=[source]))
+            extra = {"app": options.app, "model": segmentation.model} if getattr(writer, "wants_app", False) else {}
+            written.append(writer.write(out, target, overwrite=True, forbid=[source], **extra))
+        if options.dicom_seg:
+            from .dicom.writer import write_app_seg
+
+            written.append(write_app_seg(segmentation.labels, options.app, targets[-1], model=segmentation.model))
         if options.publish is not None and segmentation.classification is None:
             from .publish import write_publish_bundle
 

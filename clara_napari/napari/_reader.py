@@ -24,6 +24,10 @@ def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerData
                 return None
             path = path[0]
         target = Path(os.fspath(path))
+        if target.name.lower().endswith(".dcm") and target.is_file():
+            from ..core.dicom.seg import is_seg_file
+
+            return read_seg_layers if is_seg_file(target) else None
         if target.is_dir():
             return read_layers if looks_like_dicom_folder(target) else None
         if target.name.lower().endswith(VOLUME_SUFFIXES) and target.is_file():
@@ -38,6 +42,15 @@ def read_layers(path: str | os.PathLike | list) -> list[LayerData]:
     if isinstance(path, (list, tuple)):
         path = path[0]
     return [image_layer_data(read_volume(Path(os.fspath(path))))]
+
+
+def read_seg_layers(path: str | os.PathLike | list) -> list[LayerData]:
+    """A DICOM SEG file: one Labels layer on its source slices (see :mod:`._seg`)."""
+    from ._seg import seg_layer_data
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    return [seg_layer_data(Path(os.fspath(path)))]
 
 
 def image_layer_data(volume: Volume, name: str | None = None) -> LayerData:

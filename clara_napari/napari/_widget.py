@@ -593,6 +593,8 @@ class TritonInferenceWidget(Container):
     def export(self, *_args, folder: str | Path | None = None):
         """Write ``<folder>/output/<name>.mhd`` and the publish bundle ``<folder>/publish/`` (in a worker)."""
         from ..core.components import VolumeWriter
+        from ..core.dicom.series import is_dicom_series
+        from ..core.dicom.writer import write_app_seg
         from ..core.publish import write_publish_bundle
 
         target = Path(folder) if folder is not None else Path(str(self._export_dir.value or ""))
@@ -620,6 +622,9 @@ class TritonInferenceWidget(Container):
                 header = write_volume(labels, target / "output" / f"{stem}.mhd", forbid=[image.path] if image.path else [])
                 segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), labels)], model=model)
                 bundle = write_publish_bundle(target / "publish", segmentation, app, overwrite=True, name=stem)
+                if is_dicom_series(image.path):   # a DICOM series source: its DICOM SEG as well
+                    bundle.append(write_app_seg(labels.with_array(labels.array, path=image.path), app,
+                                                target / "output" / f"{stem}.seg.dcm", model=model))
                 return [header, *bundle], None
             except Exception as exc:
                 return None, exc
