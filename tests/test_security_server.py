@@ -434,3 +434,25 @@ def test_attack_refused_against_running_serve(repo, tmp_path):
             child.stdout.close()
     assert child.returncode == 0
     assert _tree(repo) == before
+
+
+@pytest.mark.triton
+def test_a_run_loads_only_its_model(monkeypatch):
+    """The embedded server of a run serves the one model the run opens, reachable only with the key."""
+    from clara_napari.core.backends.triton import TritonBackend
+
+    monkeypatch.delenv("NVIDIA_CLARA_TRTISURI", raising=False)
+    backend = TritonBackend(None)
+    try:
+        model = backend.open(MODELS, LUNG)
+        server = backend.embedded
+        assert server.model_names() == [LUNG]
+        assert [a for a in server.process.args if a.startswith("--load-model")] == [f"--load-model={LUNG}"]
+        out = model.predict(np.zeros((1, *[d if d > 0 else 8 for d in model.input.dims]), np.float32))
+        assert out.shape[1] == 2 and np.all(np.isfinite(out))
+        status, text = _request(f"{server.http_url}/v2/models/{LUNG}/infer", b"{}")
+        assert status == 403 and "restricted" in text          # a plain client cannot even infer
+        assert backend.list_models()[1].startswith(LUNG)        # `clara-napari models` sends the key
+        model.close()
+    finally:
+        backend.close()
