@@ -273,6 +273,7 @@ def _settle(marker: Path, seconds: float = 3.0) -> None:
 def test_command_line_is_locked_down(locked):
     args = locked.process.args
     assert "--model-control-mode=explicit" in args and "--allow-metrics=false" in args
+    assert "--allow-sagemaker=false" in args and "--allow-vertex-ai=false" in args
     assert sorted(a for a in args if a.startswith("--load-model")) == ["--load-model=double", f"--load-model={LUNG}"]
     assert not any("*" in a for a in args if a.startswith("--load-model"))
     for flag in ("--http-restricted-api=", "--grpc-restricted-protocol="):
@@ -280,6 +281,21 @@ def test_command_line_is_locked_down(locked):
         assert "model-repository" in restricted and "shared-memory" in restricted and "logging" in restricted
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", locked.ports["metrics"]), timeout=2).close()
+    # the key is an argument of tritonserver, and /proc/<pid>/cmdline is readable by every user
+    assert not _processes_showing(locked.key)
+
+
+def _processes_showing(secret: str) -> list[int]:
+    """PIDs whose command line (world-readable) holds ``secret``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if secret.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 @pytest.mark.triton
@@ -403,6 +419,7 @@ def test_attack_refused_against_running_serve(repo, tmp_path):
         http = next(ln.split()[1] for ln in lines if ln.strip().startswith("HTTP"))
         key_file = Path(next(ln.split(" in ")[1].split()[0] for ln in lines if ln.strip().startswith("key")))
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert not _processes_showing(key_file.read_text().strip())
         for path, body, headers in [("/v2/repository/models/evil/load", _attack_body(marker), {}),
                                     ("/v2/repository/models/evil/load", _attack_body(marker),
                                      {"Content-Type": "text/plain", "Origin": "http://evil.example"}),

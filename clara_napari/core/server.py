@@ -319,6 +319,32 @@ def _restricted_in(args: list[str]) -> set[str]:
     return groups
 
 
+def _scrub_argument(pid: int, secret: str) -> bool:
+    """Overwrite ``secret`` in the command line of our child ``pid`` once it has parsed it.
+
+    ``/proc/<pid>/cmdline`` is readable by every user, and Triton takes its restricted-API key only
+    as an argument; its argument area is rewritten through ``/proc/<pid>/mem`` (allowed for our own
+    child). Returns whether the secret is gone from the command line.
+    """
+    if not secret:
+        return True
+    needle = secret.encode()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])   # arg_start, arg_end (fields 48 and 49)
+        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            area = mem.read(end - start)
+            at = area.find(needle)
+            while at >= 0:
+                mem.seek(start + at)
+                mem.write(b"*" * len(needle))
+                at = area.find(needle, at + len(needle))
+        return needle not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def _write_private(path: Path, text: str) -> None:
     """A new owner-only file (0600, never through an existing file or link)."""
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w") as file:
@@ -442,6 +468,7 @@ class EmbeddedServer:
                     f"--http-address={self.http_host}", f"--http-port={self.ports['http']}",
                     f"--grpc-address={self.host}", f"--grpc-port={self.ports['grpc']}",
                     "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+                    "--allow-sagemaker=false", "--allow-vertex-ai=false",   # never other listeners (AIP_MODE)
                     "--exit-timeout-secs=5", "--strict-readiness=true",
                     f"--cache-directory={self.workdir / 'cache'}",
                     "--model-control-mode=explicit", *[f"--load-model={m.name}" for m in self.models],
@@ -581,10 +608,13 @@ class EmbeddedServer:
         deadline = time.monotonic() + self.startup_timeout
         url = f"{self.http_url}/v2/health/ready"
         headers = {**self.headers, **self.auth_headers("http")}
+        scrubbed = False
         while True:
             if self.process is None or self.process.poll() is not None:
                 raise ServerError(f"the embedded Triton server exited during start-up: {self._log_reason()}")
             _owner_only_regions(self.process.pid)
+            if not scrubbed and self.log_path is not None and self.log_path.stat().st_size > 0:
+                scrubbed = _scrub_argument(self.process.pid, self.key)   # it logs once its options are parsed
             try:
                 with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as response:
                     if response.status == 200:
@@ -595,7 +625,9 @@ class EmbeddedServer:
                 reason = self._log_reason()
                 self._shutdown()
                 raise ServerError(f"the embedded Triton server was not ready within {self.startup_timeout:.0f} s: {reason}")
-            time.sleep(0.25)
+            time.sleep(0.25 if scrubbed else 0.02)
+        if not scrubbed and not _scrub_argument(self.process.pid, self.key):
+            log.warning("could not hide the embedded server's key from its command line (pid %d)", self.process.pid)
         # remembered now: if the server is killed, its stubs may die before they can unlink them
         self.shm_regions = _owner_only_regions(self.process.pid)
         with contextlib.suppress(Exception), urllib.request.urlopen(
