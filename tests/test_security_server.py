@@ -473,3 +473,26 @@ def test_a_run_loads_only_its_model(monkeypatch):
         model.close()
     finally:
         backend.close()
+
+
+@pytest.mark.triton
+def test_onnx_model_config_cannot_run_code_through_the_python_backend(tmp_path):
+    """An ONNX model is served through the python backend; its config.pbtxt must not pass it
+    instructions: ``EXECUTION_ENV_PATH`` would unpack a tarball and source its ``bin/activate``."""
+    import tarfile
+
+    marker = tmp_path / "env-ran"
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "activate").write_text(f"touch {marker}\n")
+    repo = tmp_path / "repo"
+    shutil.copytree(MODELS / LUNG, repo / LUNG)
+    with tarfile.open(repo / LUNG / "env.tar.gz", "w:gz") as tar:
+        tar.add(env, arcname=".")
+    with open(repo / LUNG / "config.pbtxt", "a") as config:
+        config.write(f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{repo / LUNG / "env.tar.gz"}" }} }}\n')
+    with EmbeddedServer(repo) as server:
+        generated = (server.workdir / "models" / LUNG / "config.pbtxt").read_text()
+        assert "EXECUTION_ENV_PATH" not in generated and "parameters" not in generated
+        assert server.model_names() == [LUNG]
+    assert not marker.exists()

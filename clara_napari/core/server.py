@@ -584,6 +584,10 @@ class EmbeddedServer:
                 config.ClearField("platform")
                 config.backend = "python"
                 config.ClearField("default_model_filename")
+                # an ONNX model's config is data: nothing of it may reach the python backend as an
+                # instruction (EXECUTION_ENV_PATH unpacks and sources an environment: shell code)
+                for field in ("parameters", "model_repository_agents", "model_warmup"):
+                    config.ClearField(field)
                 del config.instance_group[:]
                 config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
                 versions = sorted(int(p.name) for p in source.iterdir() if p.is_dir() and p.name.isdigit())
@@ -625,7 +629,7 @@ class EmbeddedServer:
                 reason = self._log_reason()
                 self._shutdown()
                 raise ServerError(f"the embedded Triton server was not ready within {self.startup_timeout:.0f} s: {reason}")
-            time.sleep(0.25 if scrubbed else 0.02)
+            time.sleep(0.05 if scrubbed else 0.02)   # short: the backend's regions are 0644 until we see them
         if not scrubbed and not _scrub_argument(self.process.pid, self.key):
             log.warning("could not hide the embedded server's key from its command line (pid %d)", self.process.pid)
         # remembered now: if the server is killed, its stubs may die before they can unlink them
