@@ -212,22 +212,29 @@ def test_sigkilled_run_leaves_a_folder_the_next_start_removes(tmp_path):
     script = ("import sys, time\n"
               "from clara_napari.core.server import EmbeddedServer\n"
               f"s = EmbeddedServer({str(MODELS)!r}, models=[{LUNG!r}]).start()\n"
-              "print(s.workdir, flush=True)\n"
+              "print(s.workdir, s.process.pid, *s.shm_regions, flush=True)\n"
               "time.sleep(300)\n")
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        workdir = Path(child.stdout.readline().strip())
+        workdir, server_pid, *regions = child.stdout.readline().split()
+        workdir = Path(workdir)
         assert workdir.name.startswith(TEMP_PREFIX) and workdir.is_dir()
         assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
         assert (workdir / "owner.pid").read_text().split()[0] == str(child.pid)
-        assert remove_stale_workdirs() == [] or workdir.is_dir()       # alive: kept
-        assert workdir.is_dir()
+        remove_stale_workdirs()
+        assert workdir.is_dir()       # its owner is alive: kept
     finally:
         child.kill()
         child.wait(10)
         child.stdout.close()
-    assert workdir.is_dir()   # SIGKILL: nothing cleaned up
+    assert workdir.is_dir()   # SIGKILL: nothing cleaned up ...
+    deadline = time.monotonic() + 30   # ... but the server dies with its parent, its stubs unlink their regions
+    while time.monotonic() < deadline and (Path(f"/proc/{server_pid}").exists() or
+                                           any(Path("/dev/shm", r).exists() for r in regions)):
+        time.sleep(0.2)
+    assert not Path(f"/proc/{server_pid}").exists() and regions
+    assert not [r for r in regions if Path("/dev/shm", r).exists()]
     with EmbeddedServer(MODELS, models=[LUNG]) as server:   # the next start
         assert not workdir.exists()
         assert server.workdir.is_dir()
