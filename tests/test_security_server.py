@@ -503,3 +503,55 @@ def test_onnx_model_config_cannot_run_code_through_the_python_backend(tmp_path):
         assert "EXECUTION_ENV_PATH" not in generated and "parameters" not in generated
         assert server.model_names() == [LUNG]
     assert not marker.exists()
+
+
+def test_exposure_lines_say_what_is_reachable():
+    from clara_napari.core.serve_policy import exposure_lines, serve_options
+
+    insecure = EmbeddedServer(MODELS, **serve_options("0.0.0.0", insecure=True))
+    text = "\n".join(exposure_lines(insecure, None))
+    assert "EVERY interface" in text and "no TLS" in text and "WARNING: --insecure" in text
+    assert "metrics off" in text and "model-repository" in text and "shared-memory" in text
+    local = "\n".join(exposure_lines(EmbeddedServer(MODELS, **serve_options("127.0.0.1")), Path("/k")))
+    assert "this machine only" in local and "EVERY" not in local and "WARNING" not in local and "/k" in local
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+                    "server.pem", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:127.0.0.2"],
+                   cwd=folder, check=True, capture_output=True, timeout=60)
+    return folder / "server.pem", folder / "server.key"
+
+
+@pytest.mark.triton
+def test_tls_serve_keeps_http_on_loopback(tmp_path):
+    """``serve --host X --tls-cert --tls-key``: gRPC over TLS on X, HTTP (no TLS in Triton) on
+    127.0.0.1 only. X is 127.0.0.2 here (tests stay on loopback), standing for a real interface."""
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    from clara_napari.core.serve_policy import serve_options
+
+    cert, key = _self_signed(tmp_path / "certs")
+    options = serve_options("0.0.0.0", tls_cert=str(cert), tls_key=str(key))
+    assert options["http_host"] == "127.0.0.1"
+    with EmbeddedServer(MODELS, models=[LUNG], **{**options, "host": "127.0.0.2"}) as server:
+        assert server.grpc_url.startswith("grpcs://127.0.0.2:") and server.http_url.startswith("http://127.0.0.1:")
+        with pytest.raises(OSError):   # HTTP is not on the gRPC address
+            socket.create_connection(("127.0.0.2", server.ports["http"]), timeout=2).close()
+        client = tgrpc.InferenceServerClient(f"127.0.0.2:{server.ports['grpc']}", ssl=True,
+                                             root_certificates=str(cert))
+        try:
+            assert client.is_model_ready(LUNG)   # serve: model state is open to clients, over TLS
+            with pytest.raises(InferenceServerException, match="restricted"):
+                client.unload_model(LUNG)
+        finally:
+            client.close()
+        plain = tgrpc.InferenceServerClient(f"127.0.0.2:{server.ports['grpc']}")
+        try:
+            with pytest.raises(InferenceServerException):   # clear text to the TLS port
+                plain.is_server_live(client_timeout=5)
+        finally:
+            plain.close()
