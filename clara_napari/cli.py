@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=0)
     serve.add_argument("--grpc-port", type=int, default=0)
     serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default loopback); any other needs --tls-cert/--tls-key or --insecure")
+                       help="address to listen on (default loopback); any other needs --tls-cert/--tls-key "
+                            "or --insecure")
     serve.add_argument("--tls-cert", help="server certificate (PEM) for gRPC over TLS; HTTP then stays on loopback")
     serve.add_argument("--tls-key", help="its private key (PEM)")
     serve.add_argument("--tls-ca", help="CA (PEM) that client certificates must chain to (mutual TLS)")

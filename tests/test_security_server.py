@@ -70,7 +70,8 @@ def _tree(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def _request(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
+    request = urllib.request.Request(url, data=body, headers=headers or {},
+                                     method="POST" if body is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read().decode(errors="replace")
@@ -315,9 +316,11 @@ def test_http_attack_is_refused_and_runs_nothing(locked, tmp_path, repo):
          {"Content-Type": "text/plain", "Origin": "http://evil.example"}),
         ("/v2/repository/models/unwanted/load", b"{}", {}),
         (f"/v2/repository/models/{LUNG}/unload", b"{}", {}),
-        (f"/v2/repository/models/{LUNG}/unload", b"{}", {"Content-Type": "text/plain", "Origin": "http://evil.example"}),
+        (f"/v2/repository/models/{LUNG}/unload", b"{}",
+         {"Content-Type": "text/plain", "Origin": "http://evil.example"}),
         ("/v2/repository/index", b"{}", {}),
-        ("/v2/systemsharedmemory/region/x/register", json.dumps({"key": "/x", "offset": 0, "byte_size": 8}).encode(), {}),
+        ("/v2/systemsharedmemory/region/x/register",
+         json.dumps({"key": "/x", "offset": 0, "byte_size": 8}).encode(), {}),
         ("/v2/logging", json.dumps({"log_file": str(tmp_path / "log")}).encode(), {}),
         ("/v2/trace/setting", json.dumps({"trace_file": str(tmp_path / "trace")}).encode(), {}),
         (f"/v2/models/{LUNG}/infer", b"{}", {}),
@@ -497,7 +500,8 @@ def test_onnx_model_config_cannot_run_code_through_the_python_backend(tmp_path):
     with tarfile.open(repo / LUNG / "env.tar.gz", "w:gz") as tar:
         tar.add(env, arcname=".")
     with open(repo / LUNG / "config.pbtxt", "a") as config:
-        config.write(f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{repo / LUNG / "env.tar.gz"}" }} }}\n')
+        tarball = repo / LUNG / "env.tar.gz"
+        config.write(f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{tarball}" }} }}\n')
     with EmbeddedServer(repo) as server:
         generated = (server.workdir / "models" / LUNG / "config.pbtxt").read_text()
         assert "EXECUTION_ENV_PATH" not in generated and "parameters" not in generated

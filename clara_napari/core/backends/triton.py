@@ -129,7 +129,8 @@ class TritonBackend:
             from ..server import EmbeddedServer
 
             repo = repository or (self.app.model_repository if self.app is not None else bundled_model_repository())
-            self.embedded = EmbeddedServer(repo, threads=self.threads, models=[model_name] if model_name else None).start()
+            wanted = [model_name] if model_name else None   # a run's server loads only its model
+            self.embedded = EmbeddedServer(repo, threads=self.threads, models=wanted).start()
             port = self.embedded.ports["grpc" if protocol == "grpc" else "http"]
             self.address = Address("127.0.0.1", port, protocol or "http")
         return self.address
