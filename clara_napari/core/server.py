@@ -19,9 +19,9 @@ Locked down (docs/security.md, "Embedded Triton server and ``serve``"): explicit
 only the wanted models loaded at start; the APIs in ``restricted`` (by default all but health; the
 model-repository API that loads code always) need a header with a key drawn per start, which only
 this process knows (:func:`server_headers` hands it to this process's own clients); no metrics
-port; the server runs under umask 077 (its shared memory holding voxels is owner-only) in an
-owner-only temp folder that records its owner's PID, so a folder left by a killed run is removed at
-the next start.
+port; the server runs under umask 077 in an owner-only temp folder that records its owner's PID (a
+folder left by a killed run is removed at the next start), and the python backend's shared memory
+(patient voxels) is made owner-only as soon as it appears.
 """
 from __future__ import annotations
 
@@ -282,10 +282,9 @@ def remove_stale_workdirs(temp_root: str | Path | None = None, *, min_age_s: flo
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             continue
         alive = _owner_alive(folder)
-        if alive is None:
-            if time.time() - info.st_mtime < min_age_s or _referenced_by_a_process(folder):
-                continue
-        elif alive:
+        if alive or (alive is None and time.time() - info.st_mtime < min_age_s):
+            continue
+        if _referenced_by_a_process(folder):   # e.g. a server that outlived its owner still uses it
             continue
         shutil.rmtree(folder, ignore_errors=True)
         if not folder.exists():
