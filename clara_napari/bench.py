@@ -311,6 +311,7 @@ class JsonPredictor:
         self.max_batch_size = probe.max_batch_size
         probe.close()
         self.url, self.model_name = f"{host}:{port}", model_name
+        self.host, self.port = host, port
         self._local = threading.local()
         self._clients: list = []
 
@@ -326,7 +327,11 @@ class JsonPredictor:
         infer_input = thttp.InferInput(self.input.name, list(batch.shape), self.input.datatype)
         infer_input.set_data_from_numpy(batch, binary_data=False)
         requested = thttp.InferRequestedOutput(self.output.name, binary_data=True)
-        return client.infer(self.model_name, [infer_input], outputs=[requested]).as_numpy(self.output.name)
+        from .core.server import server_headers   # the embedded server's key (its APIs are restricted)
+
+        headers = server_headers(self.host, self.port) or None
+        return client.infer(self.model_name, [infer_input], outputs=[requested],
+                            headers=headers).as_numpy(self.output.name)
 
     def close(self) -> None:
         for client in self._clients:

@@ -134,7 +134,7 @@ def test_model_unloaded_mid_run(volume, small_window_app):
 
         def progress(done, total):
             if done == 2:
-                client.unload_model("deepbet_brain_t1")
+                client.unload_model("deepbet_brain_t1", headers=server.auth_headers("http"))   # the key: ours
 
         start = time.monotonic()
         with pytest.raises(ServerError) as info:

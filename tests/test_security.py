@@ -15,7 +15,7 @@ import pytest
 import clara_napari as cn
 from clara_napari.cli import main
 from clara_napari.core.errors import ServerError
-from clara_napari.core.server import EmbeddedServer
+from clara_napari.core.server import SERVE_RESTRICTED, EmbeddedServer
 from conftest import brain_app, t1_crop
 
 pytestmark = pytest.mark.triton
@@ -140,7 +140,8 @@ class TlsProxy:
 
 @pytest.fixture(scope="module")
 def plain_server():
-    with EmbeddedServer(MODELS) as server:
+    # reached through a proxy (another address): restricted like `serve`, so clients may infer
+    with EmbeddedServer(MODELS, restricted=SERVE_RESTRICTED) as server:
         yield server
 
 

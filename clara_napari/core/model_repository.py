@@ -5,6 +5,7 @@ class tritonclient ships, so whatever a stock Triton accepts is read the same wa
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,21 @@ NUMPY_DTYPES = {
     "FP32": np.float32, "FP64": np.float64,
 }
 _DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx", "python": "model.py"}
+#: a name that becomes one path component (model name, model file name): no ``/``, no ``..``, no
+#: control characters, nothing but letters, digits and ``_ . -``; not starting with ``.`` or ``-``
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def is_plain_name(name: str) -> bool:
+    """True for a name that is safe as one path component (see ``_PLAIN_NAME``)."""
+    return bool(_PLAIN_NAME.fullmatch(name)) and ".." not in name
+
+
+def check_plain_name(name: str, what: str, path: Path | None) -> str:
+    if not is_plain_name(name):
+        raise ConfigError(f"the {what} {name!r} is not a plain name (letters, digits, '_', '.', '-'; "
+                          "no path separators, '..' or control characters).", file=str(path or ""))
+    return name
 
 
 @dataclass(frozen=True)
@@ -62,9 +78,12 @@ class ModelSpec:
         if chosen not in versions:
             raise ConfigError(f"{folder}: the model has no version {chosen} (versions: {versions}).")
         name = self.default_model_filename or _DEFAULT_FILES.get(self.runtime, "model.onnx")
+        check_plain_name(name, "default_model_filename", self.path)
         file = folder / str(chosen) / name
         if not file.is_file():
             raise ConfigError(f"{file}: the model file is missing.")
+        if not file.resolve().is_relative_to(folder.resolve()):
+            raise ConfigError(f"{file}: the model file links outside its model folder {folder}.")
         return file
 
 
@@ -93,6 +112,10 @@ def spec_from_proto(config, path: Path | None = None) -> ModelSpec:
         return tuple(TensorSpec(t.name, datatype_name(t.data_type), tuple(int(d) for d in t.dims)) for t in items)
 
     name = config.name or (path.parent.name if path is not None else "")
+    if path is not None:   # read from a file: these names become paths (a server's answer never does)
+        check_plain_name(name, "model name", path)
+        if config.default_model_filename:
+            check_plain_name(config.default_model_filename, "default_model_filename", path)
     return ModelSpec(name=name, platform=config.platform, backend=config.backend,
                      max_batch_size=int(config.max_batch_size), inputs=tensors(config.input),
                      outputs=tensors(config.output), default_model_filename=config.default_model_filename,

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from ..core.apps import App
 from ..core.backends.triton import (TransportOptions, TritonBackend, make_client, parse_address, repository_index,
-                                    wait_ready)
+                                    wait_ready, with_server_key)
 from ..core.components import ScanWindowInferer
 from ..core.config import InferenceConfig
 from ..core.errors import Cancelled, ServerError
@@ -76,8 +76,9 @@ def read_models(address: str, *, ready_timeout_s: float = 15.0, transport: dict[
     options = TransportOptions(ready_timeout_s=ready_timeout_s, **(transport or {}))
     client = make_client(parsed, options, 30.0)
     try:
-        wait_ready(client, parsed, ready_timeout_s, options.headers)
-        return {e["name"]: e["state"] for e in repository_index(client, parsed, options.headers)}
+        headers = with_server_key(parsed, options.headers)
+        wait_ready(client, parsed, ready_timeout_s, headers)
+        return {e["name"]: e["state"] for e in repository_index(client, parsed, headers)}
     finally:
         close = getattr(client, "close", None)
         if close is not None:

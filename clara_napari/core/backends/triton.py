@@ -117,7 +117,7 @@ class TritonBackend:
         where = "embedded Triton" if self.embedded is not None else "Triton"
         return f"{where} at {self.address}" if self.address else where
 
-    def resolve(self, inferer=None, repository: Path | None = None) -> Address:
+    def resolve(self, inferer=None, repository: Path | None = None, model_name: str | None = None) -> Address:
         if self.address is not None:
             return self.address
         protocol = self.options.protocol or (inferer.protocol.lower() if inferer is not None else None)
@@ -129,14 +129,15 @@ class TritonBackend:
             from ..server import EmbeddedServer
 
             repo = repository or (self.app.model_repository if self.app is not None else bundled_model_repository())
-            self.embedded = EmbeddedServer(repo, threads=self.threads).start()
+            wanted = [model_name] if model_name else None   # a run's server loads only its model
+            self.embedded = EmbeddedServer(repo, threads=self.threads, models=wanted).start()
             port = self.embedded.ports["grpc" if protocol == "grpc" else "http"]
             self.address = Address("127.0.0.1", port, protocol or "http")
         return self.address
 
     def open(self, repository: Path, model_name: str, *, input_name: str = "", output_name: str = "",
              version: str = "", inferer=None, model_loader=None) -> "TritonModel":
-        address = self.resolve(inferer, repository)
+        address = self.resolve(inferer, repository, model_name)
         expected = read_model_config(model_loader.model_spec_file_name) if model_loader is not None else None
         in_flight = inferer.requests_in_flight if inferer is not None else 2
         timeout = self.options.timeout_s or (inferer.timeout_s if inferer is not None else 120.0)
@@ -148,7 +149,7 @@ class TritonBackend:
     def list_models(self, repository: Path | None = None) -> list[str]:
         address = self.resolve(None, repository)
         client = make_client(address, self.options, 30.0)
-        headers = self.options.headers
+        headers = with_server_key(address, self.options.headers)
         wait_ready(client, address, self.options.ready_timeout_s, headers)
         rows = [f"server {address}"]
         for entry in repository_index(client, address, headers):
@@ -170,6 +171,14 @@ class TritonBackend:
 
 
 # -- clients ---------------------------------------------------------------------------------
+def with_server_key(address: Address, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """``headers`` plus the key of this process's embedded server at ``address`` (if it is one)."""
+    from ..server import server_headers
+
+    merged = {**server_headers(address.host, address.port), **(headers or {})}
+    return merged or None
+
+
 def make_client(address: Address, options: TransportOptions, timeout_s: float):
     """A tritonclient client for ``address``: TLS with a CA file (and an optional client
     certificate) for ``https://`` and ``grpcs://``."""
@@ -338,7 +347,8 @@ class _ShmSlot:
         self.handles = []
         try:
             for name, size in zip(self.names, self.sizes):
-                self.handles.append(shm.create_shared_memory_region(name, f"/{name}", size))
+                # create_only: never adopt a region someone else made under our name (0600, ours)
+                self.handles.append(shm.create_shared_memory_region(name, f"/{name}", size, create_only=True))
             for name, size in zip(self.names, self.sizes):
                 client.register_system_shared_memory(name, f"/{name}", size, headers=headers)
         except BaseException:
@@ -383,7 +393,6 @@ class TritonModel:
         self.description = f"Triton at {address}"
 
         client = self._client()
-        self.headers = self.options.headers or None
         wait_ready(client, address, self.options.ready_timeout_s, self.headers)
         self._wait_model(client)
         self.spec = server_model_spec(client, address, name, version, self.headers)
@@ -396,6 +405,12 @@ class TritonModel:
         self.use_shm = self._probe_shm(client) if self.options.shared_memory is not False else False
         self.in_flight = in_flight
         self.transport = f"{address.protocol}{'+shm' if self.use_shm else ''}"
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """The user's headers, plus the key when the server is this process's embedded one (looked up
+        on every call: a restarted embedded server has a new key)."""
+        return with_server_key(self.address, self.options.headers)
 
     # -- set-up -------------------------------------------------------------------------------
     def _client(self):
