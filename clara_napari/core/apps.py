@@ -35,6 +35,20 @@ def bundled_model_repository() -> Path:
     return sample_data_dir() / "models"
 
 
+def check_inside_app(path: Path, folder: Path) -> Path:
+    """``path`` resolved (links followed); a ConfigError if that leaves the app folder.
+
+    An app folder may not make us read a file elsewhere (``config_render.json`` pointing at
+    ``~/.ssh/id_rsa`` would be copied into every publish bundle). Only ``models/`` may be a link
+    out of the folder: it names a model repository, which the server loads as it is.
+    """
+    root = Path(folder).resolve()
+    target = Path(path).resolve()
+    if root not in target.parents:
+        raise ConfigError(f"links to {target}, outside the app folder {root}; refused.", file=str(path))
+    return target
+
+
 def app_search_path() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("CLARA_NAPARI_APPS", "").split(os.pathsep) if p]
     return extra + [root / "config" for root in _data_roots() if (root / "config").is_dir()]

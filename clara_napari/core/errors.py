@@ -20,6 +20,10 @@ class VolumeError(ClaraNapariError):
     """A volume cannot be read or written (names the file)."""
 
 
+class OutputError(VolumeError):
+    """An output, publish or logs folder or an output name is refused (names the folder or the inputs)."""
+
+
 class ConfigError(ClaraNapariError):
     """A config_inference.json is wrong (names the file and the JSON path)."""
 

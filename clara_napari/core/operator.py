@@ -14,7 +14,9 @@ from typing import Callable
 
 from .apps import App
 from .backends import open_backend
-from .errors import Cancelled, ClaraNapariError, VolumeError
+from .atomic import Transaction
+from .errors import Cancelled, ClaraNapariError, OutputError, VolumeError
+from .output_plan import check_folders, companions, distinct_stems
 from .pipeline import Segmentation, segment_volume
 from .progress import CancelToken, Progress
 from .volume import find_volumes, looks_like_dicom_folder, read_volume, safe_stem, volume_stem
@@ -62,17 +64,59 @@ def list_inputs(path: Path, first_only: bool = False) -> list[Path]:
     return inputs[:1] if first_only else inputs
 
 
-def planned_outputs(options: RunOptions, source: Path) -> list[Path]:
+def planned_outputs(options: RunOptions, source: Path, stem: str | None = None) -> list[Path]:
+    """The files the writers produce for ``source`` (headers; a ``.mhd`` also writes its ``.raw``).
+
+    A writer's ``write_path`` is taken inside the output folder; one that leads outside is refused.
+    """
     config = options.app.config
-    stem = safe_stem(volume_stem(source))
-    return [w.target(Path(options.output), stem, i) for i, w in enumerate(config.writers)]
+    stem = stem or safe_stem(volume_stem(source))
+    output = Path(options.output)
+    root = output.resolve()
+    targets = []
+    for i, writer in enumerate(config.writers):
+        target = writer.target(output, stem, i)
+        if not target.is_absolute() and getattr(writer, "write_path", ""):
+            target = output / target
+        if root not in target.resolve().parents:
+            raise OutputError(f"{options.app.config_path}: writers[{i}].args.write_path leads to {target.parent}, "
+                              f"outside the output folder {output}; refused.")
+        targets.append(target)
+    return targets
+
+
+def check_run_folders(options: RunOptions) -> None:
+    """Output, publish and logs folders apart from the input (before anything is read or made)."""
+    check_folders(options.input, {"output": options.output, "publish": options.publish, "logs": options.logs})
+
+
+def plan_run(options: RunOptions, inputs: list[Path]) -> dict[Path, str]:
+    """Check the folders, then give each input its own output name (see :mod:`.output_plan`)."""
+    check_run_folders(options)
+    multi = len(inputs) > 1
+    compress = [bool(getattr(w, "compress", False)) for w in options.app.config.writers]
+
+    def files_for(stem: str) -> list[Path]:
+        files = [f for target, z in zip(planned_outputs(options, inputs[0], stem), compress)
+                 for f in companions(target, z)]
+        if options.publish is not None and multi:
+            files.append(Path(options.publish) / stem)
+        return files
+
+    return distinct_stems(inputs, files_for)
 
 
 def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None = None,
         report: Callable[[VolumeResult], None] | None = None, cancel: CancelToken | None = None) -> list[VolumeResult]:
     """Process every input volume; returns one result per volume (failures included)."""
     config = options.app.config
+    check_run_folders(options)
     inputs = list_inputs(options.input, options.first_only)
+    stems = plan_run(options, inputs)
+    if options.publish is not None:
+        from .publish import render_config_text
+
+        render_config_text(options.app)  # the app's config_render.json is checked before any model runs
     backend = open_backend(options.server, threads=options.threads, app=options.app, **options.server_options)
     results: list[VolumeResult] = []
     try:
@@ -82,7 +126,8 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
                              model_loader=config.model_loader)
         try:
             for source in inputs:
-                result = _run_one(options, source, model, progress_for, cancel, multi=len(inputs) > 1)
+                result = _run_one(options, source, model, progress_for, cancel, multi=len(inputs) > 1,
+                                  stem=stems[source])
                 results.append(result)
                 if report:
                     report(result)
@@ -93,31 +138,38 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
     return results
 
 
-def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, multi: bool = False) -> VolumeResult:
+def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, multi: bool = False,
+             stem: str | None = None) -> VolumeResult:
     start = time.perf_counter()
     config = options.app.config
     try:
-        targets = planned_outputs(options, source)
+        stem = stem or safe_stem(volume_stem(source))
+        targets = planned_outputs(options, source, stem)
         inputs_resolved = {source.resolve()}
         for target in targets:
             if target.resolve() in inputs_resolved or Path(options.input).resolve() in target.resolve().parents:
                 raise VolumeError(f"{target}: the output would be written inside the input; refused.")
-            if target.exists() and not options.overwrite:
+            if (target.exists() or target.is_symlink()) and not options.overwrite:
                 raise VolumeError(f"{target}: exists already (use --overwrite to replace it).")
         volume = read_volume(source)
         segmentation = segment_volume(volume, config, model, cancel=cancel,
                                       progress=progress_for(source) if progress_for else None)
-        written = []
-        for (writer, out), target in zip(segmentation.outputs, targets):
-            written.append(writer.write(out, target, overwrite=True, forbid=[source]))
-        if options.publish is not None and segmentation.classification is None:
-            from .publish import write_publish_bundle
+        # one volume's outputs and its publish bundle are staged, then put in place together:
+        # all of them land or none does (and, without --overwrite, none replaces a file)
+        with Transaction(overwrite=options.overwrite) as txn:
+            written = []
+            for (writer, out), target in zip(segmentation.outputs, targets):
+                writer.write(out, txn.path(target), overwrite=True, forbid=[source])
+                written.append(target)
+            if options.publish is not None and segmentation.classification is None:
+                from .publish import write_publish_bundle
 
-            # one volume: the bundle at the publish root, as the original operator wrote it;
-            # several: one sub-folder per volume, named like its output
-            folder = options.publish / safe_stem(volume_stem(source)) if multi else options.publish
-            written += write_publish_bundle(folder, segmentation, options.app,
-                                            fmt=options.publish_format, overwrite=options.overwrite)
+                # one volume: the bundle at the publish root, as the original operator wrote it;
+                # several: one sub-folder per volume, named like its output
+                folder = Path(options.publish) / stem if multi else Path(options.publish)
+                written += write_publish_bundle(folder, segmentation, options.app, fmt=options.publish_format,
+                                                overwrite=options.overwrite, name=stem, transaction=txn)
+            txn.commit()
         seconds = time.perf_counter() - start
         return VolumeResult(source, True, f"{source.name}: wrote {', '.join(p.name for p in written[:1])} "
                             f"in {seconds:.1f} s", seconds, written, segmentation)

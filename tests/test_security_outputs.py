@@ -1,0 +1,373 @@
+"""Issue 10, app and output folders: no code from an app folder, no lost or misplaced output.
+
+Items 2 (logging_config.json and every other file of an app), 4 (colliding output names),
+5 (concurrent runs into one folder), 8 (output/publish/logs in the input), 9 (umask) and 12
+(stale partials, a volume's outputs land together). Everything runs the real CLI / operator with
+the local runtime (``--server local``, onnxruntime in process) on a real CT crop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clara_napari as cn
+from clara_napari.cli import main
+from clara_napari.core.atomic import Transaction, current_umask, remove_stale_partials
+from clara_napari.core.errors import ConfigError, OutputError, VolumeError
+from clara_napari.core.logging_config import check_logging_config
+from clara_napari.core.output_plan import distinct_stems, name_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+CT = ROOT / "sample_data/chest_ct/chest_ct_lung2.nii.gz"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def hidden(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*")] if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return cn.read_volume(CT)
+
+
+def crop(ct, i: int):
+    """A small real CT crop; ``i`` shifts it (a different origin and content per input)."""
+    return ct.with_array(np.ascontiguousarray(ct.array[20 + i:28 + i, ::4, ::4]), path=None)
+
+
+def write_inputs(folder: Path, ct, names: list[str]) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {name: cn.write_volume(crop(ct, i), folder / f"{name}.nii.gz") for i, name in enumerate(names)}
+
+
+def run_args(tmp_path: Path, inputs: Path, *extra: str, publish: bool = True) -> list[str]:
+    args = ["run", "--app", "lung_ct", "--server", "local", "--input", str(inputs), "--output", str(tmp_path / "out"),
+            "--logs", str(tmp_path / "logs")]
+    return args + (["--publish", str(tmp_path / "pub")] if publish else ["--no-publish"]) + list(extra)
+
+
+def lung_app(folder: Path) -> Path:
+    assert main(["new-app", str(folder), "--from", "lung_ct"]) == 0
+    return folder
+
+
+# -- item 2: an app folder names no code -------------------------------------------------------------
+HOSTILE_LOGGING = [
+    ({"version": 1, "handlers": {"h": {"()": "subprocess.getoutput", "cmd": "touch {marker}"}},
+      "root": {"handlers": ["h"]}}, "handlers.h.()"),
+    ({"version": 1, "formatters": {"f": {"()": "subprocess.getoutput", "cmd": "touch {marker}"}}}, "formatters.f.()"),
+    ({"version": 1, "formatters": {"f": {"class": "subprocess.Popen", "format": "x"}}}, "formatters.f.class"),
+    ({"version": 1, "handlers": {"h": {"class": "subprocess.Popen"}}}, "handlers.h.class"),
+    ({"version": 1, "handlers": {"h": {"class": "logging.handlers.SocketHandler"}}},
+     "handlers.h.class"),
+    ({"version": 1, "handlers": {"h": {"class": "logging.StreamHandler", "stream": "ext://os.system"}}},
+     "handlers.h.stream"),
+    ({"version": 1, "handlers": {"h": {"class": "logging.StreamHandler", ".": {"x": "cfg://handlers"}}}},
+     "handlers.h.."),
+    ({"version": 1, "filters": {"x": {"()": "subprocess.getoutput", "cmd": "touch {marker}"}}}, "filters"),
+    ({"version": 1, "handlers": {"h": {"class": "logging.StreamHandler", "filters": ["x"]}}}, "handlers.h.filters"),
+    ({"version": 1, "loggers": {"x": {"level": "INFO", "filters": ["x"]}}}, "loggers.x.filters"),
+    ({"version": 1, "root": {"level": "ext://subprocess.getoutput"}}, "root.level"),
+    ({"version": 1, "formatters": {"f": {"format": "{msg.__class__.__init__.__globals__}", "style": "{"}}},
+     "formatters.f.format"),
+    ({"version": 1, "handlers": {"h": {"class": "logging.FileHandler", "filename": "/etc/cron.d/x"}}},
+     "handlers.h.filename"),
+    ({"version": 1, "handlers": {"h": {"class": "logging.FileHandler", "filename": "../outside.log"}}},
+     "handlers.h.filename"),
+    ({"version": 1, "incremental": True}, "incremental"),
+    ({"version": 1, "handlers": {"h": {"class": "logging.StreamHandler", "level": "INFO"}},
+      "root": {"handlers": ["nope"]}}, "root.handlers[0]"),
+    ([1, 2], ""),
+]
+
+
+@pytest.mark.parametrize("config, json_path", HOSTILE_LOGGING, ids=[p or "top" for _, p in HOSTILE_LOGGING])
+def test_logging_config_naming_code_is_refused(tmp_path, config, json_path):
+    marker = tmp_path / "MARKER"
+    raw = json.loads(json.dumps(config).replace("{marker}", str(marker)))
+    with pytest.raises(ConfigError) as info:
+        check_logging_config(raw, file="app/logging_config.json", logs=tmp_path / "logs")
+    assert info.value.json_path == json_path
+    assert str(info.value).startswith(f"app/logging_config.json: {json_path}")
+    assert "\n" not in str(info.value) and not marker.exists()
+
+
+def test_logging_config_shell_command_never_runs_cli(tmp_path, ct, capsys, restore_root_logging):
+    """The reproduced attack: ``"()": "subprocess.getoutput"`` in an app's logging_config.json."""
+    app = lung_app(tmp_path / "app")
+    marker = tmp_path / "PWNED"
+    (app / "logging_config.json").write_text(json.dumps({
+        "version": 1, "handlers": {"h": {"()": "subprocess.getoutput", "cmd": f"touch {marker}"}},
+        "root": {"handlers": ["h"], "level": "INFO"}}))
+    write_inputs(tmp_path / "in", ct, ["ct"])
+    args = run_args(tmp_path, tmp_path / "in")
+    args[args.index("lung_ct")] = str(app)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "logging_config.json" in err[0] and "handlers.h.()" in err[0]
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "logs").exists()  # refused before any folder
+
+
+def test_safe_logging_config_is_applied(tmp_path):
+    logs = tmp_path / "logs"
+    config = check_logging_config({
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "{asctime} {levelname} {name}: {message}", "style": "{", "datefmt": "%H:%M"}},
+        "handlers": {"err": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "level": "WARNING"},
+                     "file": {"class": "logging.handlers.RotatingFileHandler", "filename": "app.log",
+                              "maxBytes": 100000, "backupCount": 2, "formatter": "plain", "mode": "a"}},
+        "loggers": {"clara_napari": {"level": "DEBUG", "handlers": ["file"], "propagate": False}},
+        "root": {"level": "info", "handlers": ["err"]}}, file="logging_config.json", logs=logs)
+    assert config["handlers"]["file"]["filename"] == str((logs / "app.log").resolve())
+    assert config["handlers"]["err"]["stream"] is sys.stderr
+
+
+def _link_app_file(tmp_path: Path, name: str, secret: Path) -> Path:
+    app = lung_app(tmp_path / "app")
+    (app / name).unlink(missing_ok=True)
+    (app / name).symlink_to(secret)
+    return app
+
+
+@pytest.mark.parametrize("name", ["config_render.json", "logging_config.json"])
+def test_app_file_linking_outside_the_app_is_refused(tmp_path, ct, capsys, name, restore_root_logging):
+    """config_render.json is copied into every bundle: a link to a foreign file would publish it."""
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"private_key": "SECRET-BYTES"}')
+    app = _link_app_file(tmp_path, name, secret)
+    write_inputs(tmp_path / "in", ct, ["ct"])
+    args = run_args(tmp_path, tmp_path / "in")
+    args[args.index("lung_ct")] = str(app)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert name in err and "outside the app folder" in err and "SECRET-BYTES" not in err
+    published = b"".join(p.read_bytes() for p in (tmp_path / "pub").rglob("*") if p.is_file()) \
+        if (tmp_path / "pub").exists() else b""
+    assert b"SECRET-BYTES" not in published
+
+
+def test_render_config_must_be_json(tmp_path, ct, capsys):
+    app = lung_app(tmp_path / "app")
+    (app / "config_render.json").write_text("#!/bin/sh\nrm -rf ~\n")
+    write_inputs(tmp_path / "in", ct, ["ct"])
+    args = run_args(tmp_path, tmp_path / "in")
+    args[args.index("lung_ct")] = str(app)
+    assert main(args) == 2
+    assert "config_render.json: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_writer_write_path_outside_output_is_refused(tmp_path, ct, capsys):
+    app = lung_app(tmp_path / "app")
+    config = json.loads((app / "config_inference.json").read_text())
+    config["writers"][0].setdefault("args", {})["write_path"] = str(tmp_path / "elsewhere")
+    (app / "config_inference.json").write_text(json.dumps(config))
+    write_inputs(tmp_path / "in", ct, ["ct"])
+    args = run_args(tmp_path, tmp_path / "in")
+    args[args.index("lung_ct")] = str(app)
+    assert main(args) == 2
+    assert "writers[0].args.write_path" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists()
+
+
+# -- item 4: colliding output names ------------------------------------------------------------------
+def test_colliding_names_get_distinct_predictable_outputs(tmp_path, ct, capsys):
+    names = ["a b", "a*b", "a?b", "a_b", "A", "a"]
+    sources = write_inputs(tmp_path / "in", ct, names)
+    assert main(run_args(tmp_path, tmp_path / "in", "--overwrite")) == 0
+    out = capsys.readouterr().out
+    expected = {"a b": f"a_b-{name_hash('a b.nii.gz')}", "a*b": f"a_b-{name_hash('a*b.nii.gz')}",
+                "a?b": f"a_b-{name_hash('a?b.nii.gz')}", "a_b": "a_b",
+                "A": f"A-{name_hash('A.nii.gz')}", "a": f"a-{name_hash('a.nii.gz')}"}
+    assert len({v.casefold() for v in expected.values()}) == len(names)
+    for name, stem in expected.items():
+        assert f"{name}.nii.gz: wrote {stem}.mhd" in out
+        source = cn.read_volume(sources[name])
+        assert cn.read_volume(tmp_path / "out" / f"{stem}.mhd").same_grid(source)  # its own input's grid
+        density = cn.read_volume(tmp_path / "pub" / stem / f"{stem}.mhd")
+        assert np.array_equal(density.array, source.array)
+    assert len(list((tmp_path / "out").iterdir())) == 2 * len(names)
+
+
+def test_collision_planning_api_and_refusal(tmp_path):
+    def files(stem):
+        return [tmp_path / "out" / f"{stem}.raw", tmp_path / "out" / f"{stem}.mhd",
+                tmp_path / "out" / f"{stem}.seg.mhd"]
+
+    stems = distinct_stems([Path("x/CT.nii"), Path("x/ct.nii"), Path("x/b.nii")], files)
+    assert stems[Path("x/b.nii")] == "b"
+    assert stems[Path("x/CT.nii")].casefold() != stems[Path("x/ct.nii")].casefold()
+    # a dotted name that writes what another input's second writer writes ("a" + ".seg")
+    stems = distinct_stems([Path("a.nii"), Path("a.seg.nii")], files)
+    assert {s.casefold() for s in stems.values()} == {f"a-{name_hash('a.nii')}", f"a.seg-{name_hash('a.seg.nii')}"}
+    # whatever cannot be separated is refused with the list, never overwritten
+    with pytest.raises(OutputError, match="a.nii, b.nii"):
+        distinct_stems([Path("a.nii"), Path("b.nii")], lambda stem: [tmp_path / "same.mhd"])
+
+
+# -- item 5: concurrent runs into one folder -----------------------------------------------------------
+def test_concurrent_runs_never_replace_each_other(tmp_path, ct):
+    """Three real processes, three different inputs of one name, one output and publish folder."""
+    procs, sources = [], []
+    for i in range(3):
+        sources.append(write_inputs(tmp_path / f"in{i}", ct, ["ct"] if i == 0 else ["x"] * i + ["ct"])["ct"])
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "clara_napari", "run", "--app", "lung_ct", "--server", "local",
+             "--input", str(sources[-1]), "--output", str(tmp_path / "out"), "--publish", str(tmp_path / "pub"),
+             "--logs", str(tmp_path / "logs")], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    winners = [i for i, (code, _, _) in enumerate(results) if code == 0]
+    assert len(winners) == 1, results
+    for i, (code, _, err) in enumerate(results):
+        if i not in winners:
+            assert code == 1 and "exists already" in err, err
+    source = cn.read_volume(sources[winners[0]])
+    out = cn.read_volume(tmp_path / "out" / "ct.mhd")
+    assert out.same_grid(source)  # the winner's own output, header and data
+    assert np.array_equal(cn.read_volume(tmp_path / "pub" / "ct.mhd").array, source.array)
+    assert np.array_equal(cn.read_volume(tmp_path / "pub" / "ct.out.mhd").array, out.array)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct.mhd", "ct.raw"]
+    assert not hidden(tmp_path / "out") and not hidden(tmp_path / "pub")
+
+
+def test_no_overwrite_holds_at_the_rename(tmp_path):
+    """A file that appears after the checks is still never replaced, and nothing of the volume lands."""
+    out = tmp_path / "out"
+    with Transaction(overwrite=False) as txn:
+        txn.path(out / "v.raw").write_bytes(b"new data")
+        txn.path(out / "v.mhd").write_text("new header")
+        (out / "v.mhd").write_text("the other run's header")  # a concurrent run won the race
+        with pytest.raises(VolumeError, match="v.mhd: exists already"):
+            txn.commit()
+    assert (out / "v.mhd").read_text() == "the other run's header"
+    assert sorted(p.name for p in out.iterdir()) == ["v.mhd"]  # v.raw taken back
+
+
+# -- item 8: output, publish or logs in the input -----------------------------------------------------------
+@pytest.mark.parametrize("role, where", [("output", "in"), ("output", "in/sub"), ("publish", "in"),
+                                         ("publish", "in/pub"), ("logs", "in/logs"), ("logs", "."),
+                                         ("output", "link"), ("publish", "link/pub")])
+def test_folders_in_or_around_the_input_are_refused(tmp_path, ct, capsys, role, where):
+    write_inputs(tmp_path / "in", ct, ["ct"])
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    before = digest(tmp_path / "in")
+    args = run_args(tmp_path, tmp_path / "in", "--overwrite")
+    flag = f"--{role}"
+    args[args.index(flag) + 1] = str(tmp_path / where)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the {role} folder" in err[0] and "refused" in err[0]
+    assert digest(tmp_path / "in") == before
+    assert not (tmp_path / "out").exists() and not (tmp_path / "logs").exists() and not (tmp_path / "pub").exists()
+
+
+def test_single_file_input_folder_checks_api(tmp_path, ct):
+    from clara_napari.core.apps import resolve_app
+    from clara_napari.core.operator import RunOptions, run
+
+    source = write_inputs(tmp_path / "in", ct, ["ct"])["ct"]
+    with pytest.raises(OutputError, match="contains the input"):
+        run(RunOptions(app=resolve_app("lung_ct"), input=source, output=tmp_path / "in", server="local"))
+    with pytest.raises(OutputError, match="publish folder is the output folder"):
+        run(RunOptions(app=resolve_app("lung_ct"), input=source, output=tmp_path / "o", publish=tmp_path / "o",
+                       server="local"))
+
+
+# -- item 9: the umask is honoured ---------------------------------------------------------------------------
+@pytest.mark.parametrize("mask", [0o077, 0o022])
+def test_outputs_honour_the_umask(tmp_path, ct, mask, restore_root_logging):
+    write_inputs(tmp_path / "in", ct, ["a", "b"])
+    previous = os.umask(mask)
+    try:
+        assert current_umask() == mask
+        assert main(run_args(tmp_path, tmp_path / "in")) == 0
+    finally:
+        os.umask(previous)
+    written = [p for d in ("out", "pub", "logs") for p in [tmp_path / d, *(tmp_path / d).rglob("*")]]
+    assert len([p for p in written if p.is_file()]) == 4 + 12 + 1
+    for path in written:
+        want = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(path.stat().st_mode) == want, f"{path}: {oct(path.stat().st_mode)}"
+
+
+# -- item 12: stale partials, one volume's outputs land together ------------------------------------------------
+KILLED_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from clara_napari.core.atomic import Transaction
+    txn = Transaction(overwrite=False)
+    txn.path(Path(sys.argv[1]) / "ct.raw").write_bytes(b"half of the data")
+    txn.path(Path(sys.argv[2]) / "ct.mhd").write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_partials_of_a_killed_process_do_not_block_the_next_run(tmp_path, ct):
+    out, pub = tmp_path / "out", tmp_path / "pub"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out), str(pub)], env=ENV, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(hidden(out)) >= 1 and len(hidden(pub)) >= 1  # what a kill while writing leaves
+    # a live process's staging folder is never touched
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = out / f".clara-napari-{sleeper.pid}-abc.part"
+        live.mkdir()
+        write_inputs(tmp_path / "in", ct, ["ct"])
+        result = subprocess.run([sys.executable, "-m", "clara_napari", *run_args(tmp_path, tmp_path / "in")],
+                                env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert hidden(out) == [live] and not hidden(pub)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert remove_stale_partials(out) == [live] and not hidden(out)
+    assert (pub / "config.meta").is_file() and (out / "ct.raw").read_bytes() != b"half of the data"
+
+
+def test_unwritable_publish_folder_leaves_no_output(tmp_path, ct, capsys):
+    write_inputs(tmp_path / "in", ct, ["ct"])
+    (tmp_path / "pub").write_text("a file where the publish folder should be")
+    capsys.readouterr()
+    assert main(run_args(tmp_path, tmp_path / "in")) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "pub" in err
+    assert not (tmp_path / "out").exists() or not [p for p in (tmp_path / "out").rglob("*")]
+
+
+def test_publish_failing_at_the_commit_restores_the_previous_outputs(tmp_path, ct, capsys):
+    """--overwrite, and the bundle's last file cannot be put in place: the old outputs come back."""
+    write_inputs(tmp_path / "in", ct, ["ct"])
+    assert main(run_args(tmp_path, tmp_path / "in")) == 0
+    (tmp_path / "in" / "ct.nii.gz").unlink()
+    write_inputs(tmp_path / "in", ct, ["x", "ct"])  # another CT under the same name
+    (tmp_path / "in" / "x.nii.gz").unlink()
+    before_out, before_pub = digest(tmp_path / "out"), digest(tmp_path / "pub")
+    (tmp_path / "pub" / "config.meta").unlink()
+    (tmp_path / "pub" / "config.meta").mkdir()  # cannot be replaced by a file
+    del before_pub["config.meta"]
+    capsys.readouterr()
+    assert main(run_args(tmp_path, tmp_path / "in", "--overwrite")) == 1
+    assert "FAILED" in capsys.readouterr().err
+    assert digest(tmp_path / "out") == before_out
+    assert digest(tmp_path / "pub") == before_pub
+    assert not hidden(tmp_path / "out") and not [p for p in hidden(tmp_path / "pub")]
