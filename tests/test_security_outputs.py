@@ -226,7 +226,12 @@ def test_collision_planning_api_and_refusal(tmp_path):
 
 # -- item 5: concurrent runs into one folder -----------------------------------------------------------
 def test_concurrent_runs_never_replace_each_other(tmp_path, ct):
-    """Three real processes, three different inputs of one name, one output and publish folder."""
+    """Three real processes, three different inputs of one name, one output and publish folder.
+
+    Whatever the interleaving, exactly one run wins and the output and bundle are all its own
+    (on main a loser's outputs replaced the winner's before its publish check failed). The exact
+    race at the rename is forced in ``test_no_overwrite_holds_at_the_rename``.
+    """
     procs, sources = [], []
     for i in range(3):
         sources.append(write_inputs(tmp_path / f"in{i}", ct, ["ct"] if i == 0 else ["x"] * i + ["ct"])["ct"])
