@@ -185,7 +185,10 @@ class Transaction:
     def staging(self, folder: Path) -> Path:
         folder = Path(folder)
         if folder not in self._stagings:
-            self._stagings[folder] = _make_staging(folder)
+            try:
+                self._stagings[folder] = _make_staging(folder)
+            except OSError as exc:
+                raise VolumeError(f"{folder}: cannot write there ({exc.strerror or exc}).") from None
         return self._stagings[folder]
 
     def path(self, target: Path) -> Path:
