@@ -376,3 +376,53 @@ def test_publish_failing_at_the_commit_restores_the_previous_outputs(tmp_path, c
     assert digest(tmp_path / "out") == before_out
     assert digest(tmp_path / "pub") == before_pub
     assert not hidden(tmp_path / "out") and not [p for p in hidden(tmp_path / "pub")]
+
+
+PYTHON_MODEL_CONFIG = '''
+name: "lung_air_density"
+backend: "python"
+max_batch_size: 4
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 1, -1, -1, -1 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 2, -1, -1, -1 ] } ]
+'''
+
+
+def test_app_python_backend_model_is_not_run_without_trust(tmp_path, ct, capsys, monkeypatch):
+    """An app's models/ with a python-backend model: the embedded server would run its model.py."""
+    from clara_napari.core.apps import TRUST_CODE_ENV, refuse_python_models
+
+    monkeypatch.delenv(TRUST_CODE_ENV, raising=False)
+    monkeypatch.delenv("NVIDIA_CLARA_TRTISURI", raising=False)
+    app = lung_app(tmp_path / "app")
+    (app / "models").unlink()
+    model = app / "models" / "lung_air_density"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(PYTHON_MODEL_CONFIG)
+    marker = tmp_path / "PWNED"
+    (model / "1" / "model.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    write_inputs(tmp_path / "in", ct, ["ct"])
+    args = run_args(tmp_path, tmp_path / "in")
+    args[args.index("--server"):args.index("--server") + 2] = []  # the embedded server
+    args[args.index("lung_ct")] = str(app)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "python-backend model" in err and TRUST_CODE_ENV in err and "config.pbtxt" in err
+    assert not marker.exists()
+    monkeypatch.setenv(TRUST_CODE_ENV, "1")
+    refuse_python_models(app / "models")  # trusted on purpose: allowed
+
+
+def test_generated_model_wrapper_cannot_be_injected_by_a_path():
+    """The ONNX path (which an app folder's link can choose) appears in the generated model.py only as a literal."""
+    import ast
+
+    from clara_napari.core.server import _WRAPPER
+
+    evil = '/tmp/x"""\nimport os; os.system("touch /tmp/PWNED")\n"""\'\'\'/model.onnx'
+    tree = ast.parse(_WRAPPER.format(onnx_file=evil, site_paths=["/a"], threads=1))
+    assert evil not in (ast.get_docstring(tree) or "")
+    assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()}
+    assert assigned["ONNX_FILE"] == evil
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "system"]

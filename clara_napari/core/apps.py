@@ -49,6 +49,27 @@ def check_inside_app(path: Path, folder: Path) -> Path:
     return target
 
 
+TRUST_CODE_ENV = "CLARA_NAPARI_TRUST_APP_CODE"
+
+
+def refuse_python_models(repository: Path | None) -> None:
+    """A python-backend model is code (Triton runs its ``model.py``): served from an app's model
+    repository only with ``$CLARA_NAPARI_TRUST_APP_CODE=1``. The bundled repository, ``serve
+    --models`` and a server of your own are not affected."""
+    from .model_repository import list_models
+
+    if repository is None:
+        return
+    repository = Path(repository)
+    if os.environ.get(TRUST_CODE_ENV) == "1" or not repository.is_dir() \
+            or repository.resolve() == bundled_model_repository().resolve():
+        return
+    for spec in list_models(repository):
+        if spec.runtime == "python":
+            raise ConfigError(f"model {spec.name!r} is a python-backend model: the embedded server would run its "
+                              f"code; refused (set {TRUST_CODE_ENV}=1 to trust this app's code).", file=str(spec.path))
+
+
 def app_search_path() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("CLARA_NAPARI_APPS", "").split(os.pathsep) if p]
     return extra + [root / "config" for root in _data_roots() if (root / "config").is_dir()]
