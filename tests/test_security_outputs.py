@@ -426,3 +426,30 @@ def test_generated_model_wrapper_cannot_be_injected_by_a_path():
                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()}
     assert assigned["ONNX_FILE"] == evil
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "system"]
+
+
+@pytest.mark.parametrize("location", ["ABS", "../secret.bin", "link.bin"])
+def test_onnx_external_data_cannot_read_outside_the_model_folder(tmp_path, location):
+    """An app's ONNX model may name external data files; the runtime we rely on refuses any that
+    leave the model's folder (absolute, ``..`` or a link out)."""
+    onnx = pytest.importorskip("onnx")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    (tmp_path / "secret.bin").write_bytes(np.float32([7.0]).tobytes())
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "link.bin").symlink_to(tmp_path / "secret.bin")
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", str(tmp_path / "secret.bin") if location == "ABS" else location), ("length", "4")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    (model_dir / "model.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(Exception, match="External data path"):
+        ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert onnx is not None
