@@ -453,3 +453,22 @@ def test_onnx_external_data_cannot_read_outside_the_model_folder(tmp_path, locat
     with pytest.raises(Exception, match="External data path"):
         ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     assert onnx is not None
+
+
+def test_publish_bundle_never_writes_over_its_source(tmp_path, ct):
+    """Saving a bundle into the folder of the MetaImage it came from, under the same name (napari's
+    "save as publish bundle"): refused, the source left as it was."""
+    from clara_napari.core.apps import resolve_app
+    from clara_napari.core.pipeline import Segmentation
+    from clara_napari.core.publish import write_publish_bundle
+
+    source = cn.write_volume(crop(ct, 0), tmp_path / "ct.mhd")
+    before = digest(tmp_path)
+    image = cn.read_volume(source)
+    labels = image.with_array((image.array > 0).astype(np.uint8), path=None)
+    from clara_napari.core.components import VolumeWriter
+
+    segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), labels)], model="m")
+    with pytest.raises(VolumeError, match="refusing to write over the input"):
+        write_publish_bundle(tmp_path, segmentation, resolve_app("lung_ct"), overwrite=True)
+    assert digest(tmp_path) == before and not hidden(tmp_path)

@@ -171,8 +171,10 @@ class Transaction:
     staging folders are always removed.
     """
 
-    def __init__(self, *, overwrite: bool = False) -> None:
+    def __init__(self, *, overwrite: bool = False, forbid=()) -> None:
         self.overwrite = overwrite
+        #: files never to be written over, whatever ``overwrite`` says (the inputs)
+        self.forbid = {Path(p).resolve() for p in forbid if p}
         self._stagings: dict[Path, Path] = {}
         self._names: dict[Path, list[str]] = {}
 
@@ -212,6 +214,8 @@ class Transaction:
                 backups.mkdir(exist_ok=True)
                 for name in names:
                     target = folder / name
+                    if target.resolve() in self.forbid:
+                        raise VolumeError(f"{target}: refusing to write over the input file.")
                     backup = backups / name
                     moved = _place(staging / name, target, self.overwrite, backup)
                     placed.append((target, backup if moved else None))

@@ -156,7 +156,7 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
                                       progress=progress_for(source) if progress_for else None)
         # one volume's outputs and its publish bundle are staged, then put in place together:
         # all of them land or none does (and, without --overwrite, none replaces a file)
-        with Transaction(overwrite=options.overwrite) as txn:
+        with Transaction(overwrite=options.overwrite, forbid=[source]) as txn:
             written = []
             for (writer, out), target in zip(segmentation.outputs, targets):
                 writer.write(out, txn.path(target), overwrite=True, forbid=[source])

@@ -145,6 +145,7 @@ def write_publish_bundle(folder: str | Path, segmentation: "Segmentation", app: 
     forbid = [segmentation.source.path] if segmentation.source.path else []
     own = transaction is None
     txn = Transaction(overwrite=overwrite) if own else transaction
+    txn.forbid |= {Path(p).resolve() for p in forbid}
     try:
         staging = txn.staging(folder)
         txn._names[folder] = names

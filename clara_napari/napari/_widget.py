@@ -616,10 +616,16 @@ class TritonInferenceWidget(Container):
         stem = safe_stem(image.name if image.path is not None else source.name)
 
         def work():
-            try:
-                header = write_volume(labels, target / "output" / f"{stem}.mhd", forbid=[image.path] if image.path else [])
-                segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), labels)], model=model)
-                bundle = write_publish_bundle(target / "publish", segmentation, app, overwrite=True, name=stem)
+            from ..core.atomic import Transaction
+
+            try:  # the output and the bundle land together or not at all
+                header = target / "output" / f"{stem}.mhd"
+                with Transaction(overwrite=True, forbid=[image.path]) as txn:
+                    write_volume(labels, txn.path(header), forbid=[image.path] if image.path else [])
+                    segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), labels)], model=model)
+                    bundle = write_publish_bundle(target / "publish", segmentation, app, overwrite=True, name=stem,
+                                                  transaction=txn)
+                    txn.commit()
                 return [header, *bundle], None
             except Exception as exc:
                 return None, exc
