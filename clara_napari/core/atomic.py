@@ -136,7 +136,12 @@ def _place(src: Path, target: Path, overwrite: bool, backup: Path | None) -> boo
     if backup is not None and (target.exists() or target.is_symlink()):
         if target.is_dir() and not target.is_symlink():
             raise VolumeError(f"{target}: is a folder; refusing to write over it.")
-        os.replace(target, backup)  # the old file, kept until the whole commit succeeded
+        # the old file is kept (a second name for it) until the whole commit succeeded; the
+        # replace below stays atomic for readers
+        try:
+            os.link(target, backup, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(target, backup, follow_symlinks=False)
         moved = True
     os.replace(src, target)
     return moved
@@ -196,13 +201,6 @@ class Transaction:
     def path(self, target: Path) -> Path:
         target = Path(target)
         return self.staging(target.parent) / target.name
-
-    def targets(self) -> list[Path]:
-        out = []
-        for folder, staging in self._stagings.items():
-            names = self._names.get(folder) or sorted((p.name for p in staging.iterdir() if p.is_file()), key=_order)
-            out += [folder / name for name in names]
-        return out
 
     def commit(self) -> list[Path]:
         placed: list[tuple[Path, Path | None]] = []
