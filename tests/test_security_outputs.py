@@ -259,12 +259,14 @@ def test_no_overwrite_holds_at_the_rename(tmp_path):
     out = tmp_path / "out"
     with Transaction(overwrite=False) as txn:
         txn.path(out / "v.raw").write_bytes(b"new data")
-        txn.path(out / "v.mhd").write_text("new header")
-        (out / "v.mhd").write_text("the other run's header")  # a concurrent run won the race
-        with pytest.raises(VolumeError, match="v.mhd: exists already"):
+        txn.path(out / "v.nhdr").write_text("new header")
+        with pytest.raises(VolumeError, match="two outputs of this volume"):
+            txn.path(out / "V.RAW")  # one name twice (ignoring case): the second would replace the first
+        (out / "v.nhdr").write_text("the other run's header")  # a concurrent run won the race
+        with pytest.raises(VolumeError, match="v.nhdr: exists already"):
             txn.commit()
-    assert (out / "v.mhd").read_text() == "the other run's header"
-    assert sorted(p.name for p in out.iterdir()) == ["v.mhd"]  # v.raw taken back
+    assert (out / "v.nhdr").read_text() == "the other run's header"
+    assert sorted(p.name for p in out.iterdir()) == ["v.nhdr"]  # v.raw (placed first) taken back
 
 
 # -- item 8: output, publish or logs in the input -----------------------------------------------------------
@@ -472,3 +474,18 @@ def test_publish_bundle_never_writes_over_its_source(tmp_path, ct):
     with pytest.raises(VolumeError, match="refusing to write over the input"):
         write_publish_bundle(tmp_path, segmentation, resolve_app("lung_ct"), overwrite=True)
     assert digest(tmp_path) == before and not hidden(tmp_path)
+
+
+def test_bundle_folder_that_is_the_output_folder_gets_another_name(tmp_path, ct, capsys):
+    """--output P/out --publish P: the bundle of an input named ``out`` would land in P/out/ and its
+    density ``out.mhd`` would be the segmentation's name there; that input gets its hash instead."""
+    sources = write_inputs(tmp_path / "in", ct, ["out", "b"])
+    args = ["run", "--app", "lung_ct", "--server", "local", "--input", str(tmp_path / "in"), "--output",
+            str(tmp_path / "P" / "out"), "--publish", str(tmp_path / "P"), "--logs", str(tmp_path / "logs")]
+    assert main(args) == 0
+    stem = f"out-{name_hash('out.nii.gz')}"
+    assert f"out.nii.gz: wrote {stem}.mhd" in capsys.readouterr().out
+    segmentation = cn.read_volume(tmp_path / "P" / "out" / f"{stem}.mhd")
+    assert segmentation.array.dtype == np.uint8 and segmentation.same_grid(cn.read_volume(sources["out"]))
+    density = cn.read_volume(tmp_path / "P" / stem / f"{stem}.mhd")
+    assert np.array_equal(density.array, cn.read_volume(sources["out"]).array)

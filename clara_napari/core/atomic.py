@@ -181,7 +181,8 @@ class Transaction:
         #: files never to be written over, whatever ``overwrite`` says (the inputs)
         self.forbid = {Path(p).resolve() for p in forbid if p}
         self._stagings: dict[Path, Path] = {}
-        self._names: dict[Path, list[str]] = {}
+        self._names: dict[Path, list[str]] = {}  # an explicit order (``commit``, ``atomic_paths``)
+        self._claimed: set[str] = set()
 
     def __enter__(self) -> "Transaction":
         return self
@@ -199,7 +200,16 @@ class Transaction:
         return self._stagings[folder]
 
     def path(self, target: Path) -> Path:
+        """Where to write ``target`` now. Two writes of one name (ignoring case; a ``.mhd`` also
+        claims its ``.raw``/``.zraw``) are refused: the second would silently replace the first."""
         target = Path(target)
+        names = [target.name]
+        if target.suffix.lower() == ".mhd":
+            names += [target.name[:-4] + ".raw", target.name[:-4] + ".zraw"]
+        keys = [str(self.staging(target.parent) / name).casefold() for name in names]
+        if any(key in self._claimed for key in keys):
+            raise VolumeError(f"{target}: two outputs of this volume have this name; refused.")
+        self._claimed.update(keys)
         return self.staging(target.parent) / target.name
 
     def commit(self) -> list[Path]:

@@ -99,8 +99,11 @@ def plan_run(options: RunOptions, inputs: list[Path]) -> dict[Path, str]:
     def files_for(stem: str) -> list[Path]:
         files = [f for target, z in zip(planned_outputs(options, inputs[0], stem), compress)
                  for f in companions(target, z)]
-        if options.publish is not None and multi:
-            files.append(Path(options.publish) / stem)
+        if options.publish is not None and multi:  # the per-volume folder and what goes in it
+            from .publish import bundle_names
+
+            folder = Path(options.publish) / stem
+            files += [folder] + [folder / name for name in bundle_names(stem)]
         return files
 
     return distinct_stems(inputs, files_for)

@@ -71,7 +71,7 @@ def distinct_stems(inputs: Iterable[Path], files_for: Callable[[str], list[Path]
     for attempt in range(3):  # plain names first; then the colliding ones with their hash
         owners: dict[str, list[Path]] = {}
         for source, stem in stems.items():
-            for key in {str(p).casefold() for p in files_for(stem)}:
+            for key in [str(p).casefold() for p in files_for(stem)]:  # a name twice: it clashes with itself
                 owners.setdefault(key, []).append(source)
         clashing = {s for group in owners.values() if len(group) > 1 for s in group}
         if not clashing:
@@ -82,6 +82,6 @@ def distinct_stems(inputs: Iterable[Path], files_for: Callable[[str], list[Path]
             suffix = f"-{name_hash(source.name)}"
             if not stems[source].endswith(suffix):
                 stems[source] += suffix
-    groups = sorted({tuple(sorted(p.name for p in g)) for g in owners.values() if len(g) > 1})
+    groups = sorted({tuple(sorted({p.name for p in g})) for g in owners.values() if len(g) > 1})
     listed = "; ".join(", ".join(g) for g in groups)
     raise OutputError(f"these inputs would write the same output files, rename them: {listed}.")

@@ -147,14 +147,17 @@ def write_publish_bundle(folder: str | Path, segmentation: "Segmentation", app: 
     txn = Transaction(overwrite=overwrite) if own else transaction
     txn.forbid |= {Path(p).resolve() for p in forbid}
     try:
-        staging = txn.staging(folder)
-        txn._names[folder] = names
-        write_volume(segmentation.source.with_array(segmentation.source.array, path=None), staging / density, forbid=forbid)
-        write_volume(segmentation.labels.with_array(segmentation.labels.array, path=None), staging / mask, forbid=forbid)
-        (staging / "config_render.json").write_text(render_config_text(app), encoding="utf-8")
+        write_volume(segmentation.source.with_array(segmentation.source.array, path=None), txn.path(folder / density),
+                     forbid=forbid)
+        write_volume(segmentation.labels.with_array(segmentation.labels.array, path=None), txn.path(folder / mask),
+                     forbid=forbid)
+        txn.path(folder / "config_render.json").write_text(render_config_text(app), encoding="utf-8")
         meta = config_meta(segmentation.model or app.config.model_name, density, [mask], fmt, app_labels(app))
-        (staging / "config.meta").write_text(json.dumps(meta, indent=4, sort_keys=True) + "\n", encoding="utf-8")
-        return txn.commit() if own else [folder / n for n in names]
+        txn.path(folder / "config.meta").write_text(json.dumps(meta, indent=4, sort_keys=True) + "\n",
+                                                    encoding="utf-8")
+        if own:
+            txn.commit()
+        return [folder / n for n in names]
     except OSError as exc:
         raise VolumeError(f"{folder}: cannot write the publish bundle ({exc.strerror or exc}).") from None
     finally:
