@@ -489,3 +489,35 @@ def test_bundle_folder_that_is_the_output_folder_gets_another_name(tmp_path, ct,
     assert segmentation.array.dtype == np.uint8 and segmentation.same_grid(cn.read_volume(sources["out"]))
     density = cn.read_volume(tmp_path / "P" / stem / f"{stem}.mhd")
     assert np.array_equal(density.array, cn.read_volume(sources["out"]).array)
+
+
+def test_cli_killed_mid_run_leaves_whole_volumes_only(tmp_path, ct):
+    """SIGKILL the real CLI once its first volume landed: every volume is then whole (output and
+    bundle) or absent, and the next run without --overwrite finishes the rest."""
+    import time
+
+    names = ["v0", "v1", "v2", "v3"]
+    write_inputs(tmp_path / "in", ct, names)
+    command = [sys.executable, "-m", "clara_napari", *run_args(tmp_path, tmp_path / "in")]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "pub").glob("*/config.meta")) and time.monotonic() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    landed = [n for n in names if (tmp_path / "out" / f"{n}.mhd").exists()]
+    assert landed, "the first volume had not landed before the deadline"
+    for name in names:
+        whole = [(tmp_path / "out" / f"{name}{ext}").exists() for ext in (".mhd", ".raw")] + \
+                [(tmp_path / "pub" / name / f).exists() for f in ("config.meta", f"{name}.out.raw", f"{name}.raw")]
+        assert all(whole) or not any(whole), (name, whole)
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == (1 if landed else 0), result.stderr
+    assert result.stderr.count("exists already") == len(landed)
+    for name in names:
+        assert cn.read_volume(tmp_path / "out" / f"{name}.mhd").array.dtype == np.uint8
+        assert (tmp_path / "pub" / name / "config.meta").is_file()
+    assert not hidden(tmp_path / "out") and not hidden(tmp_path / "pub")
