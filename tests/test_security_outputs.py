@@ -165,6 +165,20 @@ def test_app_file_linking_outside_the_app_is_refused(tmp_path, ct, capsys, name,
     assert b"SECRET-BYTES" not in published
 
 
+def test_app_config_linking_outside_the_app_is_refused(tmp_path, capsys):
+    app = lung_app(tmp_path / "app")
+    foreign = tmp_path / "foreign.json"
+    (app / "config_inference.json").rename(foreign)
+    (app / "config_inference.json").symlink_to(foreign)
+    assert main(["run", "--app", str(app), "--server", "local", "--input", str(tmp_path / "in"),
+                 "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "config_inference.json" in err and "outside the app folder" in err
+    from clara_napari.core.apps import resolve_app
+
+    assert resolve_app(foreign).config_path == foreign.resolve()  # a config file named directly: the user's choice
+
+
 def test_render_config_must_be_json(tmp_path, ct, capsys):
     app = lung_app(tmp_path / "app")
     (app / "config_render.json").write_text("#!/bin/sh\nrm -rf ~\n")

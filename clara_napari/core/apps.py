@@ -128,6 +128,7 @@ def resolve_app(name_or_path: str | Path | None = None) -> App:
     if path.is_dir():
         if not (path / "config_inference.json").is_file():
             raise ConfigError(f"{path}: the app folder has no config_inference.json.")
+        check_inside_app(path / "config_inference.json", path)  # an app's files are its own
         return App(name=path.name, folder=path.resolve())
     if os.sep not in target:
         for root in app_search_path():
