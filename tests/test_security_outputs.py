@@ -48,7 +48,8 @@ def ct():
 
 def crop(ct, i: int):
     """A small real CT crop; ``i`` shifts it (a different origin and content per input)."""
-    return ct.with_array(np.ascontiguousarray(ct.array[20 + i:28 + i, ::4, ::4]), path=None)
+    origin = tuple(ct.origin[:2]) + (ct.origin[2] + i * ct.spacing[2],)  # identity direction: z moves by slices
+    return ct.with_array(np.ascontiguousarray(ct.array[20 + i:28 + i, ::4, ::4]), path=None, origin=origin)
 
 
 def write_inputs(folder: Path, ct, names: list[str]) -> dict[str, Path]:
