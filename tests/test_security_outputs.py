@@ -536,3 +536,21 @@ def test_cli_killed_mid_run_leaves_whole_volumes_only(tmp_path, ct):
         assert cn.read_volume(tmp_path / "out" / f"{name}.mhd").array.dtype == np.uint8
         assert (tmp_path / "pub" / name / "config.meta").is_file()
     assert not hidden(tmp_path / "out") and not hidden(tmp_path / "pub")
+
+
+def test_stale_partials_are_removed_where_the_run_does_not_write(tmp_path, ct, capsys):
+    """A kill during the commit leaves a staging folder beside a complete volume; the next run
+    (which writes nothing there: the volume exists) still removes it."""
+    write_inputs(tmp_path / "in", ct, ["a", "b"])
+    assert main(run_args(tmp_path, tmp_path / "in", publish=True)) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
+    stale = [tmp_path / "pub" / "a" / f".clara-napari-{int(dead.stdout)}-x1.part",
+             tmp_path / "out" / f".clara-napari-{int(dead.stdout)}-x2.part"]
+    for folder in stale:
+        (folder / ".replaced").mkdir(parents=True)
+        (folder / "a.raw").write_bytes(b"partial")
+    capsys.readouterr()
+    assert main(run_args(tmp_path, tmp_path / "in", publish=True)) == 1  # both exist already
+    assert capsys.readouterr().err.count("exists already") == 2
+    assert not any(p.exists() for p in stale)

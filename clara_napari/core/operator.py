@@ -14,7 +14,7 @@ from typing import Callable
 
 from .apps import App
 from .backends import open_backend
-from .atomic import Transaction
+from .atomic import Transaction, remove_stale_partials
 from .errors import Cancelled, ClaraNapariError, OutputError, VolumeError
 from .output_plan import check_folders, companions, distinct_stems
 from .pipeline import Segmentation, segment_volume
@@ -109,6 +109,19 @@ def plan_run(options: RunOptions, inputs: list[Path]) -> dict[Path, str]:
     return distinct_stems(inputs, files_for)
 
 
+def _remove_stale_partials(options: RunOptions, stems: dict[Path, str], *, multi: bool) -> None:
+    """What killed runs left while writing (also where this run will not write: a volume that is
+    complete already); a live process's staging folders are never touched."""
+    folders = {t.parent for source, stem in stems.items() for t in planned_outputs(options, source, stem)}
+    if options.publish is not None:
+        folders.add(Path(options.publish))
+        if multi:
+            folders.update(Path(options.publish) / stem for stem in stems.values())
+    for folder in folders:
+        for path in remove_stale_partials(folder):
+            log.info("removed %s, left by a process that is gone", path)
+
+
 def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None = None,
         report: Callable[[VolumeResult], None] | None = None, cancel: CancelToken | None = None) -> list[VolumeResult]:
     """Process every input volume; returns one result per volume (failures included)."""
@@ -116,6 +129,7 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
     check_run_folders(options)
     inputs = list_inputs(options.input, options.first_only)
     stems = plan_run(options, inputs)
+    _remove_stale_partials(options, stems, multi=len(inputs) > 1)
     if options.publish is not None:
         from .publish import render_config_text
 
