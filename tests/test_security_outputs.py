@@ -507,8 +507,9 @@ def test_bundle_folder_that_is_the_output_folder_gets_another_name(tmp_path, ct,
 
 
 def test_cli_killed_mid_run_leaves_whole_volumes_only(tmp_path, ct):
-    """SIGKILL the real CLI once its first volume landed: every volume is then whole (output and
-    bundle) or absent, and the next run without --overwrite finishes the rest."""
+    """SIGKILL the real CLI once its first volume landed: once the stale partials are dealt with
+    (as the next run starts) every volume is whole (output and bundle) or absent, and the next run
+    without --overwrite finishes the rest."""
     import time
 
     names = ["v0", "v1", "v2", "v3"]
@@ -523,6 +524,8 @@ def test_cli_killed_mid_run_leaves_whole_volumes_only(tmp_path, ct):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
+    # what the next run does first (a kill inside the few-millisecond commit is finished here)
+    remove_stale_partials(tmp_path / "out", tmp_path / "pub", *(tmp_path / "pub").iterdir())
     landed = [n for n in names if (tmp_path / "out" / f"{n}.mhd").exists()]
     assert landed, "the first volume had not landed before the deadline"
     for name in names:
@@ -554,3 +557,46 @@ def test_stale_partials_are_removed_where_the_run_does_not_write(tmp_path, ct, c
     assert main(run_args(tmp_path, tmp_path / "in", publish=True)) == 1  # both exist already
     assert capsys.readouterr().err.count("exists already") == 2
     assert not any(p.exists() for p in stale)
+
+
+KILLED_COMMIT = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    import clara_napari.core.atomic as atomic
+    out, pub = Path(sys.argv[1]), Path(sys.argv[2])
+    placed = []
+    real_place = atomic._place
+    def place_then_die(src, target, overwrite, backup):
+        if len(placed) == 2:  # the output is in place, the bundle is not
+            os.kill(os.getpid(), signal.SIGKILL)
+        placed.append(target)
+        return real_place(src, target, overwrite, backup)
+    atomic._place = place_then_die
+    txn = atomic.Transaction(overwrite=False)
+    txn.path(out / "ct.raw").write_bytes(b"voxels")
+    txn.path(out / "ct.nhdr").write_text("header")
+    txn.path(pub / "ct.raw").write_bytes(b"density")
+    txn.path(pub / "config.meta").write_text("meta")
+    txn.commit()
+""")
+
+
+def test_a_commit_killed_half_way_is_finished_by_the_next_run(tmp_path):
+    """SIGKILL between the output and the bundle: the journal lets the next run complete the volume
+    (a volume is never left with its output but without its bundle)."""
+    out, pub = tmp_path / "out", tmp_path / "pub"
+    killed = subprocess.run([sys.executable, "-c", KILLED_COMMIT, str(out), str(pub)], env=ENV, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["ct.nhdr", "ct.raw"]
+    assert not [p for p in pub.iterdir() if not p.name.startswith(".")]
+    # a planted journal entry that would move a foreign file is ignored
+    journal = next(out.glob(".clara-napari-*.part")) / ".commit.json"
+    data = json.loads(journal.read_text())
+    (tmp_path / "foreign").write_text("not ours")
+    data["moves"].append([str(tmp_path / "foreign"), str(pub / "foreign")])
+    journal.write_text(json.dumps(data))
+    removed = remove_stale_partials(out, pub)
+    assert len(removed) == 2 and not hidden(out) and not hidden(pub)
+    assert (pub / "ct.raw").read_bytes() == b"density" and (pub / "config.meta").read_text() == "meta"
+    assert (out / "ct.nhdr").read_text() == "header" and not (pub / "foreign").exists()
+    assert (tmp_path / "foreign").read_text() == "not ours"

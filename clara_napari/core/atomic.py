@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -32,6 +33,8 @@ STAGING_SUFFIX = ".part"
 _STAGING_RE = re.compile(r"^\.clara-napari-(?:(\d+)-)?[A-Za-z0-9_]+\.part$")
 #: a staging folder without a pid in its name (older versions) is stale after this many seconds
 LEGACY_STALE_S = 3600.0
+#: the list of moves of a commit under way, in its first staging folder (see ``_roll_forward``)
+JOURNAL = ".commit.json"
 
 
 def current_umask() -> int:
@@ -62,31 +65,70 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_partials(folder: Path) -> list[Path]:
-    """Remove the staging folders (and ``.part`` files) in ``folder`` left by dead processes."""
-    removed = []
+def _stale_entries(folder: Path) -> list[Path]:
+    """The staging folders (and ``.part`` files) in ``folder`` of processes that are gone."""
     try:
         entries = list(Path(folder).iterdir())
     except OSError:
-        return removed
+        return []
     now = time.time()
+    stale = []
     for entry in entries:
         match = _STAGING_RE.match(entry.name)
         if not match or entry.is_symlink():
             continue
         pid = match.group(1)
         try:
-            stale = not _pid_alive(int(pid)) if pid else now - entry.lstat().st_mtime > LEGACY_STALE_S
+            if not _pid_alive(int(pid)) if pid else now - entry.lstat().st_mtime > LEGACY_STALE_S:
+                stale.append(entry)
         except OSError:
             continue
-        if stale:
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
-            removed.append(entry)
-    return removed
+    return stale
+
+
+def _roll_forward(staging: Path) -> list[Path]:
+    """Finish the commit a killed process had begun (its journal lists every move; all files were
+    written before it started). Only moves of a staged file to the same name one folder up, from a
+    staging folder of the same dead process, are done: a planted journal can move nothing else."""
+    try:
+        data = json.loads((staging / JOURNAL).read_text())
+        moves, overwrite = data["moves"], data["overwrite"] is True
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    pid = _STAGING_RE.match(staging.name).group(1)
+    done = []
+    for item in moves if isinstance(moves, list) else []:
+        try:
+            src, dst = Path(item[0]), Path(item[1])
+        except (TypeError, IndexError):
+            continue
+        match = _STAGING_RE.match(src.parent.name)
+        if not match or match.group(1) != pid or src.parent.parent != dst.parent or src.name != dst.name \
+                or src.is_symlink() or not src.is_file():
+            continue
+        with contextlib.suppress(OSError, VolumeError):
+            _place(src, dst, overwrite, None)
+            done.append(dst)
+    return done
+
+
+def remove_stale_partials(*folders: Path) -> list[Path]:
+    """Remove what dead processes left in ``folders`` while writing.
+
+    A commit that was under way when its process died is finished first (all folders' journals
+    before any staging folder is removed, so the files it still had to move are there).
+    """
+    stale = [entry for folder in folders for entry in _stale_entries(folder)]
+    for entry in stale:
+        if entry.is_dir() and (entry / JOURNAL).is_file():
+            _roll_forward(entry)
+    for entry in stale:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+    return stale
 
 
 def _make_staging(dest: Path) -> Path:
@@ -214,19 +256,27 @@ class Transaction:
 
     def commit(self) -> list[Path]:
         placed: list[tuple[Path, Path | None]] = []
+        plan = [(folder, staging, self._names.get(folder) or sorted(
+                    (p.name for p in staging.iterdir() if p.is_file() and p.name != JOURNAL), key=_order))
+                for folder, staging in self._stagings.items()]
         try:
-            for folder, staging in self._stagings.items():
-                names = self._names.get(folder) or sorted((p.name for p in staging.iterdir() if p.is_file()),
-                                                          key=_order)
+            for folder, _, names in plan:
+                for name in names:
+                    if (folder / name).resolve() in self.forbid:
+                        raise VolumeError(f"{folder / name}: refusing to write over the input file.")
+            if len(plan) > 1 or sum(len(names) for _, _, names in plan) > 1:
+                # a kill from here on is finished by the next run (remove_stale_partials)
+                first = plan[0][1]
+                moves = [[str(staging / n), str(folder / n)] for folder, staging, names in plan for n in names]
+                (first / (JOURNAL + ".tmp")).write_text(json.dumps({"overwrite": self.overwrite, "moves": moves}))
+                os.replace(first / (JOURNAL + ".tmp"), first / JOURNAL)
+            for folder, staging, names in plan:
                 backups = staging / ".replaced"
                 backups.mkdir(exist_ok=True)
                 for name in names:
-                    target = folder / name
-                    if target.resolve() in self.forbid:
-                        raise VolumeError(f"{target}: refusing to write over the input file.")
                     backup = backups / name
-                    moved = _place(staging / name, target, self.overwrite, backup)
-                    placed.append((target, backup if moved else None))
+                    moved = _place(staging / name, folder / name, self.overwrite, backup)
+                    placed.append((folder / name, backup if moved else None))
         except BaseException as exc:
             self._roll_back(placed)
             if isinstance(exc, OSError):

@@ -117,9 +117,8 @@ def _remove_stale_partials(options: RunOptions, stems: dict[Path, str], *, multi
         folders.add(Path(options.publish))
         if multi:
             folders.update(Path(options.publish) / stem for stem in stems.values())
-    for folder in folders:
-        for path in remove_stale_partials(folder):
-            log.info("removed %s, left by a process that is gone", path)
+    for path in remove_stale_partials(*folders):  # a commit under way when its process died is finished first
+        log.info("removed %s, left by a process that is gone", path)
 
 
 def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None = None,
