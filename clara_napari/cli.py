@@ -197,18 +197,22 @@ def _progress_for(enabled: bool):
 def _setup_run_logging(logs: Path | None, app) -> Path | None:
     if logs is None:
         return None
+    app_logging = None
+    if app.logging_config_path is not None:  # checked before any folder is made: it may name no code
+        from .core.logging_config import load_logging_config
+
+        app_logging = load_logging_config(app.logging_config_path, logs=logs, app_folder=app.folder)
     try:
         logs.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         log.warning("cannot create the logs folder %s (%s); logging to stderr only", logs, exc.strerror)
         return None
-    if app.logging_config_path is not None:
-        import json
+    if app_logging is not None:
         import logging.config as logging_config
 
         try:
-            logging_config.dictConfig(json.loads(app.logging_config_path.read_text()))
-        except (ValueError, TypeError, AttributeError, ImportError) as exc:
+            logging_config.dictConfig(app_logging)
+        except (ValueError, TypeError, OSError) as exc:
             log.warning("%s: ignored (%s)", app.logging_config_path, exc)
     path = logs / f"clara-napari-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     handler = logging.FileHandler(path)
@@ -228,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
 
     from .core.apps import resolve_app
-    from .core.operator import RunOptions, run
+    from .core.operator import RunOptions, check_run_folders, run
     from .core.progress import CancelToken
     from .dicom_cli import pacs_input, send_results
 
@@ -248,6 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         server=args.server or os.environ.get("NVIDIA_CLARA_TRTISURI"), overwrite=args.overwrite,
         first_only=args.first_only, threads=args.threads, publish_format=args.publish_format,
         server_options=_server_options(args))
+    check_run_folders(options)  # no output, publish or logs folder in the input: refused before anything
     log_file = _setup_run_logging(options.logs, app)
     log.info("app %s (%s, a %s config), model %s, input %s", app.name, app.config_path, config.format,
              config.model_name, options.input)

@@ -450,5 +450,9 @@ def test_output_names_cannot_escape(tmp_path):
     assert main(args + ["--input", str(inputs)]) == 0                       # the hidden one is skipped
     assert main(args + ["--input", str(inputs / "...nii.gz")]) == 0         # named directly
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["evil_name___x_.mhd", "evil_name___x_.raw", "volume.mhd", "volume.raw"]
+    # a cleaned name carries the start of the original name's SHA-256 (distinct from a_b's own output)
+    from clara_napari.core.output_plan import name_hash
+
+    evil, dots = f"evil_name___x_-{name_hash('evil name;$(x).nii.gz')}", f"volume-{name_hash('...nii.gz')}"
+    assert names == sorted([f"{evil}.mhd", f"{evil}.raw", f"{dots}.mhd", f"{dots}.raw"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input", "logs", "out"]

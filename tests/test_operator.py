@@ -181,14 +181,15 @@ def test_app_logging_config_is_used(tmp_path, small_ct, restore_root_logging):
     main(["new-app", str(app_dir), "--from", "lung_ct"])
     (app_dir / "logging_config.json").write_text(json.dumps({
         "version": 1, "disable_existing_loggers": False,
-        "handlers": {"f": {"class": "logging.FileHandler", "filename": str(tmp_path / "app.log"), "level": "INFO"}},
+        # a relative filename is taken inside the run's logs folder (the only place a config may log to)
+        "handlers": {"f": {"class": "logging.FileHandler", "filename": "app.log", "level": "INFO"}},
         "root": {"handlers": ["f"], "level": "INFO"}}))
     inputs = tmp_path / "in"
     inputs.mkdir()
     write_volume(small_ct, inputs / "ct.nii.gz")
     assert main(["run", "--app", str(app_dir), "--server", "local", "--input", str(inputs), "--output",
                  str(tmp_path / "out"), "--no-publish", "--logs", str(tmp_path / "logs")]) == 0
-    assert "ct.nii.gz" in (tmp_path / "app.log").read_text()
+    assert "ct.nii.gz" in (tmp_path / "logs" / "app.log").read_text()
 
 
 def test_python_dash_m_and_apps_listing(tmp_path):

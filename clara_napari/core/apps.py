@@ -41,6 +41,41 @@ def bundled_model_repository() -> Path:
     return sample_data_dir() / "models"
 
 
+def check_inside_app(path: Path, folder: Path) -> Path:
+    """``path`` resolved (links followed); a ConfigError if that leaves the app folder.
+
+    An app folder may not make us read a file elsewhere (``config_render.json`` pointing at
+    ``~/.ssh/id_rsa`` would be copied into every publish bundle). Only ``models/`` may be a link
+    out of the folder: it names a model repository, which the server loads as it is.
+    """
+    root = Path(folder).resolve()
+    target = Path(path).resolve()
+    if root not in target.parents:
+        raise ConfigError(f"links to {target}, outside the app folder {root}; refused.", file=str(path))
+    return target
+
+
+TRUST_CODE_ENV = "CLARA_NAPARI_TRUST_APP_CODE"
+
+
+def refuse_python_models(repository: Path | None) -> None:
+    """A python-backend model is code (Triton runs its ``model.py``): served from an app's model
+    repository only with ``$CLARA_NAPARI_TRUST_APP_CODE=1``. The bundled repository, ``serve
+    --models`` and a server of your own are not affected."""
+    from .model_repository import list_models
+
+    if repository is None:
+        return
+    repository = Path(repository)
+    if os.environ.get(TRUST_CODE_ENV) == "1" or not repository.is_dir() \
+            or repository.resolve() == bundled_model_repository().resolve():
+        return
+    for spec in list_models(repository):
+        if spec.runtime == "python":
+            raise ConfigError(f"model {spec.name!r} is a python-backend model: the embedded server would run its "
+                              f"code; refused (set {TRUST_CODE_ENV}=1 to trust this app's code).", file=str(spec.path))
+
+
 def app_search_path() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("CLARA_NAPARI_APPS", "").split(os.pathsep) if p]
     return extra + [root / "config" for root in _data_roots() if (root / "config").is_dir()]
@@ -130,9 +165,11 @@ def resolve_app(name_or_path: str | Path | None = None) -> App:
         return App(name=path.parent.name, folder=path.parent.resolve(), config_file=path.resolve())
     if path.is_dir():
         if (path / "config_inference.json").is_file():
+            check_inside_app(path / "config_inference.json", path)  # an app's files are its own
             return App(name=path.name, folder=path.resolve())
         for candidate in MMAR_CONFIGS:  # a Clara Train MMAR: config/, models/, ...
             if (path / "config" / candidate).is_file():
+                check_inside_app(path / "config" / candidate, path)
                 return App(name=path.name, folder=path.resolve(), config_file=(path / "config" / candidate).resolve(),
                            mmar=True)
         raise ConfigError(f"{path}: the folder has no config_inference.json, and no config/config_inference.json "

@@ -24,6 +24,10 @@ class ResourceError(VolumeError):
     """A run would need more memory or more windows than allowed (names the file and the figures)."""
 
 
+class OutputError(VolumeError):
+    """An output, publish or logs folder or an output name is refused (names the folder or the inputs)."""
+
+
 class ConfigError(ClaraNapariError):
     """A config_inference.json is wrong (names the file and the JSON path)."""
 

@@ -14,7 +14,9 @@ from typing import Callable
 
 from .apps import App
 from .backends import open_backend
-from .errors import Cancelled, ClaraNapariError, ConfigError, VolumeError
+from .atomic import Transaction, remove_stale_partials
+from .errors import Cancelled, ClaraNapariError, ConfigError, OutputError, VolumeError
+from .output_plan import check_folders, companions, distinct_stems
 from .pipeline import Segmentation, segment_volume
 from .progress import CancelToken, Progress
 from .resources import check_run_memory
@@ -65,14 +67,28 @@ def list_inputs(path: Path, first_only: bool = False) -> list[Path]:
     return inputs[:1] if first_only else inputs
 
 
-def planned_outputs(options: RunOptions, source: Path) -> list[Path]:
+def planned_outputs(options: RunOptions, source: Path, stem: str | None = None) -> list[Path]:
+    """The files the writers produce for ``source`` (headers; a ``.mhd`` also writes its ``.raw``).
+
+    A writer's ``write_path`` is taken inside the output folder; one that leads outside is refused.
+    """
     config = options.app.config
-    stem = safe_stem(volume_stem(source))
-    targets = [w.target(Path(options.output), stem, i) for i, w in enumerate(config.writers)]
+    stem = stem or safe_stem(volume_stem(source))
+    output = Path(options.output)
+    root = output.resolve()
+    targets = []
+    for i, writer in enumerate(config.writers):
+        target = writer.target(output, stem, i)
+        if not target.is_absolute() and getattr(writer, "write_path", ""):
+            target = output / target
+        if root not in target.resolve().parents:
+            raise OutputError(f"{options.app.config_path}: writers[{i}].args.write_path leads to {target.parent}, "
+                              f"outside the output folder {output}; refused.")
+        targets.append(target)
     if options.dicom_seg:
         from .dicom.seg import seg_path
 
-        targets.append(seg_path(options.output, stem))
+        targets.append(seg_path(output, stem))
     return targets
 
 
@@ -87,11 +103,48 @@ def check_run(options: RunOptions) -> None:
             raise ConfigError(exc.detail, path=exc.json_path, file=str(config.file)) from None
 
 
+def check_run_folders(options: RunOptions) -> None:
+    """Output, publish and logs folders apart from the input (before anything is read or made)."""
+    check_folders(options.input, {"output": options.output, "publish": options.publish, "logs": options.logs})
+
+
+def plan_run(options: RunOptions, inputs: list[Path]) -> dict[Path, str]:
+    """Check the folders, then give each input its own output name (see :mod:`.output_plan`)."""
+    check_run_folders(options)
+    multi = len(inputs) > 1
+    compress = [bool(getattr(w, "compress", False)) for w in options.app.config.writers] + [False] * options.dicom_seg
+
+    def files_for(stem: str) -> list[Path]:
+        files = [f for target, z in zip(planned_outputs(options, inputs[0], stem), compress)
+                 for f in companions(target, z)]
+        if options.publish is not None and multi:  # the per-volume folder and what goes in it
+            from .publish import bundle_names
+
+            folder = Path(options.publish) / stem
+            files += [folder] + [folder / name for name in bundle_names(stem)]
+        return files
+
+    return distinct_stems(inputs, files_for)
+
+
+def _remove_stale_partials(options: RunOptions, stems: dict[Path, str], *, multi: bool) -> None:
+    """What killed runs left while writing (also where this run will not write: a volume that is
+    complete already); a live process's staging folders are never touched."""
+    folders = {t.parent for source, stem in stems.items() for t in planned_outputs(options, source, stem)}
+    if options.publish is not None:
+        folders.add(Path(options.publish))
+        if multi:
+            folders.update(Path(options.publish) / stem for stem in stems.values())
+    for path in remove_stale_partials(*folders):  # a commit under way when its process died is finished first
+        log.info("removed %s, left by a process that is gone", path)
+
+
 def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None = None,
         report: Callable[[VolumeResult], None] | None = None, cancel: CancelToken | None = None) -> list[VolumeResult]:
     """Process every input volume; returns one result per volume (failures included)."""
     config = options.app.config
     check_run(options)
+    check_run_folders(options)
     inputs = list_inputs(options.input, options.first_only)
     seg_writer = next((w.config_name for w in config.writers if getattr(w, "wants_app", False)), None)
     if options.dicom_seg or seg_writer:
@@ -99,6 +152,12 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
 
         for source in inputs:
             require_dicom_source(source, "--dicom-seg" if options.dicom_seg else f"the writer {seg_writer}")
+    stems = plan_run(options, inputs)
+    _remove_stale_partials(options, stems, multi=len(inputs) > 1)
+    if options.publish is not None:
+        from .publish import render_config_text
+
+        render_config_text(options.app)  # the app's config_render.json is checked before any model runs
     backend = open_backend(options.server, threads=options.threads, app=options.app, **options.server_options)
     results: list[VolumeResult] = []
     try:
@@ -108,7 +167,8 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
                              model_loader=config.model_loader)
         try:
             for source in inputs:
-                result = _run_one(options, source, model, progress_for, cancel, multi=len(inputs) > 1)
+                result = _run_one(options, source, model, progress_for, cancel, multi=len(inputs) > 1,
+                                  stem=stems[source])
                 results.append(result)
                 if report:
                     report(result)
@@ -119,36 +179,44 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
     return results
 
 
-def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, multi: bool = False) -> VolumeResult:
+def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, multi: bool = False,
+             stem: str | None = None) -> VolumeResult:
     start = time.perf_counter()
     config = options.app.config
     try:
-        targets = planned_outputs(options, source)
+        stem = stem or safe_stem(volume_stem(source))
+        targets = planned_outputs(options, source, stem)
         inputs_resolved = {source.resolve()}
         for target in targets:
             if target.resolve() in inputs_resolved or Path(options.input).resolve() in target.resolve().parents:
                 raise VolumeError(f"{target}: the output would be written inside the input; refused.")
-            if target.exists() and not options.overwrite:
+            if (target.exists() or target.is_symlink()) and not options.overwrite:
                 raise VolumeError(f"{target}: exists already (use --overwrite to replace it).")
         volume = read_volume(source, before_voxels=lambda header: check_run_memory(header, config, model))
         segmentation = segment_volume(volume, config, model, cancel=cancel,
                                       progress=progress_for(source) if progress_for else None)
-        written = []
-        for (writer, out), target in zip(segmentation.outputs, targets):
-            extra = {"app": options.app, "model": segmentation.model} if getattr(writer, "wants_app", False) else {}
-            written.append(writer.write(out, target, overwrite=True, forbid=[source], **extra))
-        if options.dicom_seg:
-            from .dicom.writer import write_app_seg
+        # one volume's outputs and its publish bundle are staged, then put in place together:
+        # all of them land or none does (and, without --overwrite, none replaces a file)
+        with Transaction(overwrite=options.overwrite, forbid=[source]) as txn:
+            written = []
+            for (writer, out), target in zip(segmentation.outputs, targets):
+                extra = {"app": options.app, "model": segmentation.model} if getattr(writer, "wants_app", False) else {}
+                writer.write(out, txn.path(target), overwrite=True, forbid=[source], **extra)
+                written.append(target)
+            if options.dicom_seg:
+                from .dicom.writer import write_app_seg
 
-            written.append(write_app_seg(segmentation.labels, options.app, targets[-1], model=segmentation.model))
-        if options.publish is not None and segmentation.classification is None:
-            from .publish import write_publish_bundle
+                write_app_seg(segmentation.labels, options.app, txn.path(targets[-1]), model=segmentation.model)
+                written.append(targets[-1])
+            if options.publish is not None and segmentation.classification is None:
+                from .publish import write_publish_bundle
 
-            # one volume: the bundle at the publish root, as the original operator wrote it;
-            # several: one sub-folder per volume, named like its output
-            folder = options.publish / safe_stem(volume_stem(source)) if multi else options.publish
-            written += write_publish_bundle(folder, segmentation, options.app,
-                                            fmt=options.publish_format, overwrite=options.overwrite)
+                # one volume: the bundle at the publish root, as the original operator wrote it;
+                # several: one sub-folder per volume, named like its output
+                folder = Path(options.publish) / stem if multi else Path(options.publish)
+                written += write_publish_bundle(folder, segmentation, options.app, fmt=options.publish_format,
+                                                overwrite=options.overwrite, name=stem, transaction=txn)
+            txn.commit()
         seconds = time.perf_counter() - start
         return VolumeResult(source, True, f"{source.name}: wrote {', '.join(p.name for p in written[:1])} "
                             f"in {seconds:.1f} s", seconds, written, segmentation)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .atomic import commit, staging_dir
+from .atomic import Transaction
 from .errors import VolumeError
 from .volume import safe_stem, volume_stem, write_volume
 
@@ -93,33 +93,73 @@ def app_labels(app: "App") -> dict[int, tuple[str, str]]:
 
 
 def render_config_text(app: "App") -> str:
+    """The app's ``config_render.json`` (a JSON object from inside the app folder, copied as it is),
+    else one generated from the labels. It is only ever copied, never interpreted."""
     if app.render_config_path is not None:
-        return app.render_config_path.read_text(encoding="utf-8")
+        from .apps import check_inside_app
+        from .errors import ConfigError
+
+        path = check_inside_app(app.render_config_path, app.folder)
+        file = str(app.render_config_path)
+        try:
+            if path.stat().st_size > 1024 * 1024:
+                raise ConfigError("larger than 1 MiB; not a render config.", file=file)
+            text = path.read_text(encoding="utf-8")
+            if not isinstance(json.loads(text), dict):
+                raise ConfigError("the top level must be a JSON object.", file=file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the render config ({getattr(exc, 'strerror', None) or exc}).",
+                              file=file) from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.", file=file) from None
+        except RecursionError:
+            raise ConfigError("the JSON is nested too deeply.", file=file) from None
+        return text
     labels = app_labels(app) or {1: ("label 1", "#e6194b")}
     return json.dumps(generated_render_config(labels), indent=4) + "\n"
 
 
+def bundle_names(stem: str) -> list[str]:
+    """The files of one volume's bundle, in the order they are put in place (``config.meta`` last)."""
+    return [f"{stem}.raw", f"{stem}.out.raw", f"{stem}.mhd", f"{stem}.out.mhd", "config_render.json", "config.meta"]
+
+
 def write_publish_bundle(folder: str | Path, segmentation: "Segmentation", app: "App", *, fmt: str = "meta",
-                         overwrite: bool = False, name: str | None = None) -> list[Path]:
-    """Write the bundle of one volume into ``folder``; returns the paths written (meta last)."""
+                         overwrite: bool = False, name: str | None = None,
+                         transaction: Transaction | None = None) -> list[Path]:
+    """Write the bundle of one volume into ``folder``; returns the paths written (meta last).
+
+    With ``transaction`` the files are only staged in it (the caller commits them together with
+    the volume's other outputs) and the paths they will have are returned.
+    """
     if fmt not in META_FORMATS:
         raise VolumeError(f"unknown publish format {fmt!r} (use {' or '.join(META_FORMATS)}).")
     folder = Path(folder)
     stem = safe_stem(name or (volume_stem(segmentation.source.path) if segmentation.source.path else "volume"))
     density, mask = f"{stem}.mhd", f"{stem}.out.mhd"
-    names = [f"{stem}.raw", f"{stem}.out.raw", density, mask, "config_render.json", "config.meta"]
-    if not overwrite:
+    names = bundle_names(stem)
+    if not overwrite:  # an early, friendly refusal; the commit itself never replaces a file either
         for existing in (folder / n for n in names):
-            if existing.exists():
+            if existing.exists() or existing.is_symlink():
                 raise VolumeError(f"{existing}: exists already in the publish folder (use --overwrite to replace it).")
     forbid = [segmentation.source.path] if segmentation.source.path else []
+    own = transaction is None
+    txn = Transaction(overwrite=overwrite) if own else transaction
+    txn.forbid |= {Path(p).resolve() for p in forbid}
     try:
-        with staging_dir(folder) as staging:
-            write_volume(segmentation.source.with_array(segmentation.source.array, path=None), staging / density, forbid=forbid)
-            write_volume(segmentation.labels.with_array(segmentation.labels.array, path=None), staging / mask, forbid=forbid)
-            (staging / "config_render.json").write_text(render_config_text(app), encoding="utf-8")
-            meta = config_meta(segmentation.model or app.config.model_name, density, [mask], fmt, app_labels(app))
-            (staging / "config.meta").write_text(json.dumps(meta, indent=4, sort_keys=True) + "\n", encoding="utf-8")
-            return commit(staging, folder, names)
+        write_volume(segmentation.source.with_array(segmentation.source.array, path=None), txn.path(folder / density),
+                     forbid=forbid)
+        write_volume(segmentation.labels.with_array(segmentation.labels.array, path=None), txn.path(folder / mask),
+                     forbid=forbid)
+        txn.path(folder / "config_render.json").write_text(render_config_text(app), encoding="utf-8")
+        meta = config_meta(segmentation.model or app.config.model_name, density, [mask], fmt, app_labels(app))
+        txn.path(folder / "config.meta").write_text(json.dumps(meta, indent=4, sort_keys=True) + "\n",
+                                                    encoding="utf-8")
+        if own:
+            txn.commit()
+        return [folder / n for n in names]
     except OSError as exc:
         raise VolumeError(f"{folder}: cannot write the publish bundle ({exc.strerror or exc}).") from None
+    finally:
+        if own:
+            txn.discard()

@@ -404,7 +404,7 @@ def write_volume(volume: Volume, path: str | Path, *, compress: bool = False, ov
     try:
         with staging_dir(path.parent) as staging:
             sitk.WriteImage(volume.to_sitk(), str(staging / path.name), compress)
-            return commit(staging, path.parent, names)[-1]
+            return commit(staging, path.parent, names, overwrite=overwrite)[-1]
     except RuntimeError as exc:
         raise VolumeError(f"{path}: cannot write ({_itk_reason(exc)}).") from None
     except OSError as exc:

@@ -22,7 +22,10 @@ class ServerPool:
 
     def embedded(self, repository: Path) -> EmbeddedServer:
         """The running server for ``repository``, started now if needed (blocks: call it off the GUI thread)."""
+        from ..core.apps import refuse_python_models
+
         key = Path(repository).resolve()
+        refuse_python_models(key)  # an app's python-backend model is code: only when trusted
         with self._lock:
             server = self._servers.get(key)
             if server is None or not server.running:

@@ -618,13 +618,21 @@ class TritonInferenceWidget(Container):
         stem = safe_stem(image.name if image.path is not None else source.name)
 
         def work():
-            try:
-                header = write_volume(labels, target / "output" / f"{stem}.mhd", forbid=[image.path] if image.path else [])
-                segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), labels)], model=model)
-                bundle = write_publish_bundle(target / "publish", segmentation, app, overwrite=True, name=stem)
-                if is_dicom_series(image.path):   # a DICOM series source: its DICOM SEG as well
-                    bundle.append(write_app_seg(labels.with_array(labels.array, path=image.path), app,
-                                                target / "output" / f"{stem}.seg.dcm", model=model))
+            from ..core.atomic import Transaction
+
+            try:  # the output, the bundle (and a DICOM SEG) land together or not at all
+                header = target / "output" / f"{stem}.mhd"
+                with Transaction(overwrite=True, forbid=[image.path]) as txn:
+                    write_volume(labels, txn.path(header), forbid=[image.path] if image.path else [])
+                    segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), labels)], model=model)
+                    bundle = write_publish_bundle(target / "publish", segmentation, app, overwrite=True, name=stem,
+                                                  transaction=txn)
+                    if is_dicom_series(image.path):   # a DICOM series source: its DICOM SEG as well
+                        seg = target / "output" / f"{stem}.seg.dcm"
+                        write_app_seg(labels.with_array(labels.array, path=image.path), app, txn.path(seg),
+                                      model=model)
+                        bundle.append(seg)
+                    txn.commit()
                 return [header, *bundle], None
             except Exception as exc:
                 return None, exc

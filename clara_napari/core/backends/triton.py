@@ -125,9 +125,10 @@ class TritonBackend:
         if target:
             self.address = parse_address(target, protocol)
         else:
-            from ..apps import bundled_model_repository
+            from ..apps import bundled_model_repository, refuse_python_models
             from ..server import EmbeddedServer
 
+            refuse_python_models(repository or (self.app.model_repository if self.app is not None else None))
             repo = repository or (self.app.model_repository if self.app is not None else bundled_model_repository())
             wanted = [model_name] if model_name else None   # a run's server loads only its model
             self.embedded = EmbeddedServer(repo, threads=self.threads, models=wanted).start()
