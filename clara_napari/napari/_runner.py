@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.apps import App
-from ..core.backends.triton import (TransportOptions, TritonBackend, make_client, parse_address, repository_index,
+from ..core.backends.triton import (TransportOptions, TritonBackend, parse_address, repository_index, with_client,
                                     wait_ready)
 from ..core.components import ScanWindowInferer
 from ..core.config import InferenceConfig
@@ -74,17 +74,12 @@ def read_models(address: str, *, ready_timeout_s: float = 15.0, transport: dict[
     """The server's model repository index: model name → state (READY, UNAVAILABLE, ...)."""
     parsed = parse_address(address)
     options = TransportOptions(ready_timeout_s=ready_timeout_s, **(transport or {}))
-    client = make_client(parsed, options, 30.0)
-    try:
+
+    def read(client) -> dict[str, str]:
         wait_ready(client, parsed, ready_timeout_s, options.headers)
         return {e["name"]: e["state"] for e in repository_index(client, parsed, options.headers)}
-    finally:
-        close = getattr(client, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                pass
+    # on a thread of its own, closed with its gevent hub: the widget asks on every refresh
+    return with_client(parsed, options, 30.0, read)
 
 
 def connect(server: str, protocol: str, repository: Path, *, ready_timeout_s: float = 15.0,

@@ -2,8 +2,9 @@
 
 Wire rules: tensors always travel as binary (never JSON); system shared memory is used
 automatically when the server is on this host and accepts it (else the network); several
-requests are in flight (the engine's ``requests_in_flight``), each thread with its own client
-and its own shared-memory slot; inputs are cast to the model's datatype; each HTTP request stays
+requests are in flight (the engine's ``requests_in_flight``), each on one of the model's own
+long-lived threads with its own client and its own shared-memory slot (so descriptors and threads
+stay flat however many volumes a session runs); inputs are cast to the model's datatype; each HTTP request stays
 under the server's input size limit; shapes and batch sizes are checked against the server's
 model config before the first request.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -30,6 +32,7 @@ import numpy as np
 from ..errors import ModelMismatchError, ServerError
 from ..model_repository import ModelSpec, read_model_config, spec_from_proto
 from .base import pick_tensor
+from .client_threads import ClientThreads, destroy_gevent_hub
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +150,9 @@ class TritonBackend:
 
     def list_models(self, repository: Path | None = None) -> list[str]:
         address = self.resolve(None, repository)
-        client = make_client(address, self.options, 30.0)
+        return with_client(address, self.options, 30.0, functools.partial(self._list_models, address))
+
+    def _list_models(self, address: Address, client) -> list[str]:
         headers = self.options.headers
         wait_ready(client, address, self.options.ready_timeout_s, headers)
         rows = [f"server {address}"]
@@ -204,6 +209,34 @@ def make_client(address: Address, options: TransportOptions, timeout_s: float):
         return thttp.InferenceServerClient(address.url, **kwargs)
     except Exception as exc:
         raise ServerError(f"Triton at {address}: cannot create a client ({_reason(exc)}).") from None
+
+
+def with_client(address: Address, options: TransportOptions, timeout_s: float, fn):
+    """``fn(client)`` with a fresh client on a short-lived thread of its own; the client and that
+    thread's gevent hub are closed afterwards (a hub left behind holds descriptors for good)."""
+    def job():
+        client = make_client(address, options, timeout_s)
+        try:
+            return fn(client)
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    workers = ClientThreads(1, name="clara-triton-once", on_exit=destroy_gevent_hub)
+    try:
+        return workers.call(job)
+    finally:
+        workers.close()
+
+
+def _close_thread_client(local: threading.local) -> None:
+    """On a model's worker thread as it ends: close its client and its gevent hub."""
+    client = getattr(local, "client", None)
+    local.client = None
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.close()
+    destroy_gevent_hub()
 
 
 def wait_ready(client, address: Address, timeout_s: float, headers: dict[str, str] | None = None) -> None:
@@ -373,17 +406,29 @@ class TritonModel:
         self.timeout_s = timeout_s
         self.options = options or TransportOptions()
         self._local = threading.local()
-        # weak: a client belongs to one engine thread and goes when that thread ends (the engine
-        # starts new threads for every volume); close() closes those still alive
-        self._clients: "weakref.WeakSet" = weakref.WeakSet()
         self._slots: "queue.LifoQueue[_ShmSlot]" = queue.LifoQueue()
         self._all_slots: list[_ShmSlot] = []
         self._generation = 0
         self._lock = threading.Lock()
         self.description = f"Triton at {address}"
-
-        client = self._client()
         self.headers = self.options.headers or None
+        self.in_flight = in_flight
+        # every client lives on one of these threads for the model's whole life (an HTTP client
+        # belongs to the thread, its gevent hub, that made it): the engine's per-volume threads
+        # only hand requests over, so nothing is left behind per volume
+        self._workers = ClientThreads(in_flight, name="clara-triton",
+                                      on_exit=functools.partial(_close_thread_client, self._local))
+        self._finalizer = weakref.finalize(self, self._workers.close, 0.0)
+        try:
+            self._workers.call(self._set_up, input_name, output_name, expected)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _set_up(self, input_name: str, output_name: str, expected: ModelSpec | None) -> None:
+        address, name, version = self.address, self.name, self.version
+        client = self._client()
         wait_ready(client, address, self.options.ready_timeout_s, self.headers)
         self._wait_model(client)
         self.spec = server_model_spec(client, address, name, version, self.headers)
@@ -394,17 +439,13 @@ class TritonModel:
         self.output = pick_tensor(self.spec.outputs, output_name, "output", where)
         self.max_batch_size = self.spec.max_batch_size
         self.use_shm = self._probe_shm(client) if self.options.shared_memory is not False else False
-        self.in_flight = in_flight
         self.transport = f"{address.protocol}{'+shm' if self.use_shm else ''}"
 
-    # -- set-up -------------------------------------------------------------------------------
     def _client(self):
         client = getattr(self._local, "client", None)
         if client is None:
             client = make_client(self.address, self.options, self.timeout_s)
             self._local.client = client
-            with self._lock:
-                self._clients.add(client)
         return client
 
     def _wait_model(self, client) -> None:
@@ -449,6 +490,9 @@ class TritonModel:
 
     # -- prediction ---------------------------------------------------------------------------
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._workers.call(self._predict, batch)
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=self.input.dtype)
         if self.max_batch_size == 0:
             return np.stack([self._infer_retrying(item, batched=False) for item in batch])
@@ -609,15 +653,22 @@ class TritonModel:
             self._forget(slot, client)
 
     def close(self) -> None:
+        """Unregister and unlink the shared memory, then end the model's threads (each closes its
+        client and its gevent hub)."""
         with self._lock:
             slots, self._all_slots = self._all_slots, []
-            clients, self._clients = list(self._clients), weakref.WeakSet()
-        mine = self._client() if slots else None
-        for slot in slots:
-            slot.close(mine, self.headers)
-        for client in clients:
-            with contextlib.suppress(Exception):
-                client.close()
+        if slots:
+            def release() -> None:
+                mine = self._client()
+                for slot in slots:
+                    slot.close(mine, self.headers)
+            try:
+                self._workers.call(release)
+            except Exception:
+                for slot in slots:   # unlink at least
+                    slot.close()
+        self._workers.close(timeout_s=self.timeout_s)
+        self._finalizer.detach()
 
 
 def check_same_model(expected: ModelSpec, served: ModelSpec, address: Address) -> None:
