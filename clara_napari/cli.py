@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .core.errors import ClaraNapariError
+from .core.masking import install_log_masking, mask, parse_header_items
 
 log = logging.getLogger("clara_napari")
 
@@ -47,16 +48,10 @@ def _add_server_args(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_headers(items: list[str]) -> dict[str, str]:
-    """``KEY=VALUE`` items (and ``$CLARA_NAPARI_HEADERS``) → a header dict."""
-    from .core.errors import ServerError
-
+    """``KEY=VALUE`` items (and ``$CLARA_NAPARI_HEADERS``) → a header dict (values masked from now on)."""
     env = [p for p in os.environ.get("CLARA_NAPARI_HEADERS", "").split(";") if p.strip()]
-    headers = {}
-    for item in env + list(items):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ServerError(f"header {item!r} is not KEY=VALUE.")
-        headers[key.strip()] = value.strip()
+    headers = parse_header_items(env, "$CLARA_NAPARI_HEADERS item")
+    headers.update(parse_header_items(list(items), "--header"))
     return headers
 
 
@@ -139,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    install_log_masking()   # header values and URL credentials never reach a log line
     for handler in logging.getLogger().handlers:
         # what the CLI already printed (result lines) goes to the log file only, not twice to the terminal
         handler.addFilter(lambda record: not getattr(record, "printed", False))
@@ -151,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ClaraNapariError as exc:
         if args.debug:
-            raise
-        print(f"clara-napari: {exc}", file=sys.stderr)
+            import traceback
+
+            print(mask(traceback.format_exc()), end="", file=sys.stderr)
+        print(f"clara-napari: {mask(exc)}", file=sys.stderr)
         return 2
 
 
@@ -204,6 +202,7 @@ def _setup_run_logging(logs: Path | None, app) -> Path | None:
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
     root.addHandler(handler)
+    install_log_masking(root)   # also the handlers of the app's logging config
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
         for other in root.handlers:
@@ -238,13 +237,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def report(result) -> None:
         nonlocal failures
+        message = mask(result.message)
         if result.ok:
-            print(result.message)
-            log.info(result.message, extra={"printed": True})
+            print(message)
+            log.info(message, extra={"printed": True})
         else:
             failures += 1
-            print(f"FAILED {result.message}", file=sys.stderr)
-            log.error(result.message, extra={"printed": True})
+            print(f"FAILED {message}", file=sys.stderr)
+            log.error(message, extra={"printed": True})
 
     try:
         results = run(options, progress_for=_progress_for(True), report=report, cancel=cancel)
@@ -295,7 +295,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                            app=app, **_server_options(args))
     try:
         for row in backend.list_models(app.model_repository if app else None):
-            print(row)
+            print(mask(row))
     finally:
         backend.close()
     return 0

@@ -7,6 +7,7 @@ files; the CLI is run as a real subprocess where signals and resource limits are
 """
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import resource
@@ -182,3 +183,161 @@ def test_300_volumes_under_ulimit_256(tiny, tmp_path, protocol):
     # the pause may catch a volume file open or the engine's 2 per-volume threads alive, nothing more;
     # before the fix this grew by about 8 descriptors per volume (and aborted near volume 30 here)
     assert fds_last <= fds_10 + 2 and threads_last <= threads_10 + 2, samples
+
+
+# -- item 12: secrets are masked everywhere ------------------------------------------------------
+SECRET = "S3cretT0ken-for-the-test"
+
+
+class _RefusingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers 401 to everything and records the Authorization headers it was sent."""
+
+    seen: list = []
+
+    def _refuse(self) -> None:
+        self.seen.append(self.headers.get("Authorization"))
+        body = json.dumps({"error": "unauthorized"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse  # noqa: N815 - http.server naming
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def refusing_server():
+    _RefusingHandler.seen = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1], _RefusingHandler.seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _run_cli(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(cli(*args), capture_output=True, text=True, env=cli_env(), timeout=timeout)
+
+
+def _logs_text(folder: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in folder.glob("*.log")) if folder.is_dir() else ""
+
+
+def test_mask_hides_url_credentials_and_remembered_values():
+    from clara_napari.core.masking import forget_all, mask, remember
+
+    assert mask("Triton at http://bob:pw-123456@h:8000 failed") == "Triton at http://***@h:8000 failed"
+    assert mask("grpcs://tok@h:1 and bob:pw-123456@h:8000") == "grpcs://***@h:1 and ***@h:8000"
+    assert mask("a@b is not a credential") == "a@b is not a credential"   # no ':' before the '@'
+    remember(SECRET)
+    try:
+        assert mask(f"header x={SECRET}; again {SECRET}") == "header x=***; again ***"
+    finally:
+        forget_all()
+    assert SECRET in mask(SECRET)
+
+
+def test_masking_filter_covers_message_args_and_traceback(tmp_path):
+    import logging
+
+    from clara_napari.core.masking import MaskingFilter, forget_all, remember
+
+    remember(SECRET)
+    logger = logging.getLogger("clara_napari.test_masking")
+    handler = logging.FileHandler(tmp_path / "x.log")
+    handler.addFilter(MaskingFilter())
+    logger.addHandler(handler)
+    try:
+        logger.warning("token %s at %s", SECRET, "http://bob:pw-123456@h:1")
+        try:
+            raise RuntimeError(f"failed with {SECRET}")
+        except RuntimeError:
+            logger.exception("internal error")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        forget_all()
+    text = (tmp_path / "x.log").read_text()
+    assert SECRET not in text and "pw-123456" not in text
+    assert "token *** at http://***@h:1" in text and "RuntimeError: failed with ***" in text
+
+
+@pytest.mark.parametrize("item", [f"Authorization: Bearer {SECRET}", SECRET, f"={SECRET}"])
+def test_malformed_header_is_not_echoed(tmp_path, item):
+    result = _run_cli(["run", "--app", "lung_ct", "--server", "local", "--input", str(tmp_path / "in"),
+                       "--output", str(tmp_path / "out"), "--no-publish", "--logs", str(tmp_path / "logs"),
+                       "--header", item])
+    assert result.returncode == 2
+    assert "--header" in result.stderr and "is not KEY=VALUE" in result.stderr
+    assert SECRET not in result.stderr + result.stdout + _logs_text(tmp_path / "logs")
+
+
+def test_malformed_header_from_environment_is_not_echoed(tmp_path):
+    env = dict(cli_env(), CLARA_NAPARI_HEADERS=f"ok=1;{SECRET}")
+    result = subprocess.run(cli("models", "--server", "127.0.0.1:9"), capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 2 and "CLARA_NAPARI_HEADERS" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("command", ["models", "run"])
+def test_url_credentials_never_printed_and_sent_as_basic_auth(tmp_path, refusing_server, command):
+    """``http://user:pass@host``: the server gets basic auth, stderr and the log file only ``***@``."""
+    import base64
+
+    port, seen = refusing_server
+    url = f"http://bob:{SECRET}@127.0.0.1:{port}"
+    args = ["--server", url, "--ready-timeout", "2", "--header", f"clara-key={SECRET}x"]
+    if command == "run":
+        inputs = tmp_path / "in"
+        inputs.mkdir()
+        write_volume(small_volume(0), inputs / "v.nii.gz")
+        args = ["--debug", "run", "--app", "lung_ct", "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-publish",
+                "--logs", str(tmp_path / "logs"), *args]
+    else:
+        args = ["--debug", "models", *args]
+    result = _run_cli(args)
+    assert result.returncode != 0
+    everything = result.stderr + result.stdout + _logs_text(tmp_path / "logs")
+    assert f"http://127.0.0.1:{port}" in result.stderr and "refused" in result.stderr
+    assert SECRET not in everything
+    assert base64.b64encode(f"bob:{SECRET}".encode()).decode() not in everything
+    assert f"Basic {base64.b64encode(f'bob:{SECRET}'.encode()).decode()}" in seen
+
+
+def test_wrong_model_config_contents_not_quoted(tmp_path):
+    from clara_napari.core.errors import ConfigError
+    from clara_napari.core.model_repository import read_model_config
+
+    secret_file = tmp_path / "credentials.pbtxt"
+    secret_file.write_text(f"{SECRET}: 1\npassword: \"{SECRET}\"\n")
+    with pytest.raises(ConfigError) as info:
+        read_model_config(secret_file)
+    assert SECRET not in str(info.value) and "line 1, column 1" in str(info.value)
+    (tmp_path / "syntax.pbtxt").write_text(f'name: "x"\ninput [ {SECRET}')
+    with pytest.raises(ConfigError) as info:
+        read_model_config(tmp_path / "syntax.pbtxt")
+    assert SECRET not in str(info.value) and "line 2" in str(info.value)
+
+
+@pytest.mark.triton
+def test_wrong_model_config_through_the_cli(tmp_path):
+    """An app whose model loader names a file holding a secret: the run fails naming the file and
+    the line, never its contents (stderr and log file)."""
+    app = tiny_app(tmp_path / "app")
+    (tmp_path / "secret.pbtxt").write_text(f"{SECRET} {{ }}\n")
+    config = json.loads((app / "config_inference.json").read_text())
+    config["model_loader"]["args"]["model_spec_file_name"] = str(tmp_path / "secret.pbtxt")
+    (app / "config_inference.json").write_text(json.dumps(config))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_volume(small_volume(0), inputs / "v.nii.gz")
+    result = _run_cli(["run", "--app", str(app), "--input", str(inputs), "--output", str(tmp_path / "out"),
+                       "--no-publish", "--logs", str(tmp_path / "logs")])
+    assert result.returncode == 2 and "secret.pbtxt" in result.stderr and "line 1" in result.stderr
+    assert SECRET not in result.stderr + result.stdout + _logs_text(tmp_path / "logs")

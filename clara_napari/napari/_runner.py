@@ -11,7 +11,8 @@ from ..core.backends.triton import (TransportOptions, TritonBackend, parse_addre
                                     wait_ready)
 from ..core.components import ScanWindowInferer
 from ..core.config import InferenceConfig
-from ..core.errors import Cancelled, ServerError
+from ..core.errors import Cancelled
+from ..core.masking import parse_header_items
 from ..core.pipeline import Segmentation, segment_volume
 from ..core.progress import CancelToken
 from ..core.volume import Volume
@@ -54,14 +55,7 @@ def transport_options(headers: str = "", ssl_ca: str = "", ssl_cert: str = "", s
     """The widget's transport fields as TransportOptions keywords: ``KEY=VALUE; KEY=VALUE`` headers
     and TLS files (empty fields are left out)."""
     options: dict[str, Any] = {}
-    parsed = {}
-    for item in (part.strip() for part in headers.split(";")):
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ServerError(f"header {item!r} is not KEY=VALUE.")
-        parsed[key.strip()] = value.strip()
+    parsed = parse_header_items([part.strip() for part in headers.split(";") if part.strip()])
     if parsed:
         options["headers"] = parsed
     for name, value in (("ssl_ca", ssl_ca), ("ssl_cert", ssl_cert), ("ssl_key", ssl_key)):

@@ -23,13 +23,14 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ModelMismatchError, ServerError
+from ..masking import mask, remember, split_userinfo
 from ..model_repository import ModelSpec, read_model_config, spec_from_proto
 from .base import pick_tensor
 from .client_threads import ClientThreads, destroy_gevent_hub
@@ -50,6 +51,8 @@ class Address:
     port: int
     protocol: str       # "http" or "grpc"
     tls: bool = False
+    #: ``user:pass`` of ``scheme://user:pass@host``: sent as HTTP basic auth, never printed
+    userinfo: str = field(default="", repr=False, compare=False)
 
     @property
     def url(self) -> str:
@@ -65,8 +68,11 @@ class Address:
 
 
 def parse_address(text: str, protocol: str | None = None) -> Address:
-    """``host:port``, ``http[s]://host:port`` or ``grpc[s]://host:port`` → :class:`Address`."""
-    raw = text.strip()
+    """``host:port``, ``http[s]://host:port`` or ``grpc[s]://host:port`` → :class:`Address`
+    (``user:pass@`` before the host becomes basic auth, and is masked in every message)."""
+    raw, userinfo = split_userinfo(text.strip())
+    remember(userinfo, userinfo.partition(":")[2])
+    text = mask(text)
     scheme = ""
     if "://" in raw:
         scheme, raw = raw.split("://", 1)
@@ -86,7 +92,20 @@ def parse_address(text: str, protocol: str | None = None) -> Address:
         raise ServerError(f"{text}: the port {port_text!r} is not a number between 1 and 65535.")
     if not host:
         raise ServerError(f"{text}: no host in the server address.")
-    return Address(host=host, port=port, protocol=proto, tls=scheme in ("https", "grpcs"))
+    return Address(host=host, port=port, protocol=proto, tls=scheme in ("https", "grpcs"), userinfo=userinfo)
+
+
+def request_headers(options: "TransportOptions", address: Address) -> dict[str, str] | None:
+    """The headers sent with every call: the options' headers, plus basic auth from the URL's
+    ``user:pass@`` (unless an Authorization header is given)."""
+    headers = dict(options.headers or {})
+    if address.userinfo and not any(k.lower() == "authorization" for k in headers):
+        import base64
+
+        token = base64.b64encode(address.userinfo.encode("utf-8")).decode("ascii")
+        remember(token)
+        headers["Authorization"] = f"Basic {token}"
+    return headers or None
 
 
 @dataclass
@@ -102,6 +121,9 @@ class TransportOptions:
     ssl_cert: str | None = None
     ssl_key: str | None = None
     headers: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        remember(*(self.headers or {}).values())   # masked in every message and log line
 
 
 class TritonBackend:
@@ -153,7 +175,7 @@ class TritonBackend:
         return with_client(address, self.options, 30.0, functools.partial(self._list_models, address))
 
     def _list_models(self, address: Address, client) -> list[str]:
-        headers = self.options.headers
+        headers = request_headers(self.options, address)
         wait_ready(client, address, self.options.ready_timeout_s, headers)
         rows = [f"server {address}"]
         for entry in repository_index(client, address, headers):
@@ -411,7 +433,7 @@ class TritonModel:
         self._generation = 0
         self._lock = threading.Lock()
         self.description = f"Triton at {address}"
-        self.headers = self.options.headers or None
+        self.headers = request_headers(self.options, address)
         self.in_flight = in_flight
         # every client lives on one of these threads for the model's whole life (an HTTP client
         # belongs to the thread, its gevent hub, that made it): the engine's per-volume threads
