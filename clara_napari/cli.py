@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit code. Run as the program (``argv`` None), a run stopped by a signal
+    exits at once after its clean-up (see :func:`_exit_now`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
@@ -142,9 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                "new-app": cmd_new_app, "bench": cmd_bench}[args.command]
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("clara-napari: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"clara-napari: {'interrupted' if signum == signal.SIGINT else 'terminated'}; stopped and "
+              "cleaned up.", file=sys.stderr)
+        if argv is None and isinstance(exc, Stopped):
+            _exit_now(128 + int(signum))
+        return 128 + int(signum)
     except ClaraNapariError as exc:
         if args.debug:
             import traceback
@@ -211,6 +218,44 @@ def _setup_run_logging(logs: Path | None, app) -> Path | None:
     return path
 
 
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal; the CLI exits with 128 + ``signum`` (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's slow teardown of every loaded library (about a second on a
+    busy machine): the run's clean-up is done, the exit handlers (log files, any server or shared
+    memory still registered) run here, then the process ends with ``code``."""
+    import atexit
+
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _stop_handler(cancel):
+    """The first SIGINT/SIGTERM cancels the run and raises :class:`Stopped` in the main thread, whatever
+    it waits on; the clean-up (the ``finally`` blocks: partial files, shared memory, the embedded
+    server, killed rather than shut down) then runs to its end: later signals do not cut it short."""
+    def handler(signum, frame):
+        if cancel.cancelled:
+            log.warning("already stopping; cleaning up")
+            return
+        cancel.cancel()
+        from .core.server import kill_on_stop
+
+        kill_on_stop()
+        raise Stopped(signum)
+    return handler
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .core.apps import resolve_app
     from .core.operator import RunOptions, run
@@ -227,12 +272,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_file = _setup_run_logging(options.logs, app)
     log.info("app %s (%s), model %s, input %s", app.name, app.config_path, config.model_name, options.input)
     cancel = CancelToken()
-
-    def on_terminate(signum, frame):
-        cancel.cancel()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_terminate)
+    # Ctrl-C and SIGTERM stop the run even when SIGINT was ignored on entry (a job started in the
+    # background by a shell): set while a run is live, restored after it
+    previous = {signum: signal.signal(signum, _stop_handler(cancel)) for signum in (signal.SIGINT, signal.SIGTERM)}
     failures = 0
 
     def report(result) -> None:
@@ -249,7 +291,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         results = run(options, progress_for=_progress_for(True), report=report, cancel=cancel)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     total = len(results)
     summary = f"{total - failures}/{total} volumes segmented with {app.name}"
     print(summary + (f" (log: {log_file})" if log_file else ""))

@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..interrupts import block_stop_signals, wait_result
+
 _STOP = object()
 
 
@@ -29,6 +31,7 @@ class ClientThreads:
         self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
         self._on_exit = on_exit
         self._closed = False
+        self._lock = threading.Lock()   # no call is queued behind the stop marks
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
                          for i in range(max(1, int(size)))]
         for thread in self._threads:
@@ -46,17 +49,19 @@ class ClientThreads:
         """``fn(*args, **kwargs)`` on a worker thread (directly when already on one)."""
         if self.on_worker():
             return fn(*args, **kwargs)
-        if self._closed:
-            raise RuntimeError("the client threads are closed")
         future: cf.Future = cf.Future()
-        self._jobs.put((future, fn, args, kwargs))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the client threads are closed")
+            self._jobs.put((future, fn, args, kwargs))
         try:
-            return future.result()
+            return wait_result(future)
         except BaseException:
             future.cancel()   # interrupted (Ctrl-C) or failed: a call still queued never starts
             raise
 
     def _loop(self) -> None:
+        block_stop_signals()
         try:
             while True:
                 job = self._jobs.get()
@@ -81,10 +86,11 @@ class ClientThreads:
         Returns whether every thread ended within ``timeout_s`` (a thread stuck in a request
         is left to end with its request: it is a daemon).
         """
-        if not self._closed:
-            self._closed = True
-            for _ in self._threads:
-                self._jobs.put(_STOP)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                for _ in self._threads:
+                    self._jobs.put(_STOP)
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             if thread is threading.current_thread():

@@ -415,6 +415,13 @@ class _ShmSlot:
         self.handles = []
         _REGIONS.discard(self)
 
+    def unlink(self) -> None:
+        """Remove the regions' names only (a request may still be using the mappings)."""
+        for name in self.names:
+            with contextlib.suppress(OSError):
+                os.unlink(f"/dev/shm/{name}")
+        _REGIONS.discard(self)
+
 
 class TritonModel:
     """A model on a Triton server, ready to predict batches (a window-engine predictor)."""
@@ -435,6 +442,7 @@ class TritonModel:
         self.description = f"Triton at {address}"
         self.headers = request_headers(self.options, address)
         self.in_flight = in_flight
+        self._closing = False
         # every client lives on one of these threads for the model's whole life (an HTTP client
         # belongs to the thread, its gevent hub, that made it): the engine's per-volume threads
         # only hand requests over, so nothing is left behind per volume
@@ -515,6 +523,8 @@ class TritonModel:
         return self._workers.call(self._predict, batch)
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
+        if self._closing:   # queued by an engine thread that was abandoned (Ctrl-C, an error)
+            raise ServerError(f"Triton at {self.address}: model {self.name!r} was closed.")
         batch = np.ascontiguousarray(batch, dtype=self.input.dtype)
         if self.max_batch_size == 0:
             return np.stack([self._infer_retrying(item, batched=False) for item in batch])
@@ -675,21 +685,25 @@ class TritonModel:
             self._forget(slot, client)
 
     def close(self) -> None:
-        """Unregister and unlink the shared memory, then end the model's threads (each closes its
-        client and its gevent hub)."""
+        """End the model's threads (each closes its client and its gevent hub once its current
+        request returns; requests still queued are refused), then unregister and unlink the
+        shared memory, which no thread uses any more."""
+        self._closing = True
+        idle = self._workers.close(timeout_s=self.timeout_s)
         with self._lock:
             slots, self._all_slots = self._all_slots, []
-        if slots:
-            def release() -> None:
-                mine = self._client()
+        if slots and idle:
+            def release(client) -> None:
                 for slot in slots:
-                    slot.close(mine, self.headers)
+                    slot.close(client, self.headers)
             try:
-                self._workers.call(release)
+                with_client(self.address, self.options, min(self.timeout_s, 10.0), release)
             except Exception:
-                for slot in slots:   # unlink at least
+                for slot in slots:   # the server is gone: unlink at least
                     slot.close()
-        self._workers.close(timeout_s=self.timeout_s)
+        elif slots:   # a request is stuck on a slot: unlink the names, keep the mappings
+            for slot in slots:
+                slot.unlink()
         self._finalizer.detach()
 
 
