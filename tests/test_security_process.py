@@ -297,8 +297,8 @@ def test_url_credentials_never_printed_and_sent_as_basic_auth(tmp_path, refusing
         inputs = tmp_path / "in"
         inputs.mkdir()
         write_volume(small_volume(0), inputs / "v.nii.gz")
-        args = ["--debug", "run", "--app", "lung_ct", "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-publish",
-                "--logs", str(tmp_path / "logs"), *args]
+        args = ["--debug", "run", "--app", "lung_ct", "--input", str(inputs), "--output", str(tmp_path / "out"),
+                "--no-publish", "--logs", str(tmp_path / "logs"), *args]
     else:
         args = ["--debug", "models", *args]
     result = _run_cli(args)
