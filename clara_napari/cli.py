@@ -209,7 +209,7 @@ def _setup_run_logging(logs: Path | None, app) -> Path | None:
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
     root.addHandler(handler)
-    install_log_masking(root)   # also the handlers of the app's logging config
+    install_log_masking()   # also the handlers the app's logging config gave any logger
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
         for other in root.handlers:

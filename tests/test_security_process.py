@@ -420,3 +420,24 @@ def test_signal_mid_run_stops_at_once_and_cleans_up(tiny, tmp_path, server, sign
     assert not [r for r in regions if Path("/dev/shm", r).exists()], "the python backend's shared memory is left"
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(ours)], "our shared memory is left"
     assert not [p for folder in (out, publish) if folder.exists() for p in folder.rglob("*")], "outputs are left"
+
+
+def test_app_logging_config_handlers_are_masked(tmp_path, refusing_server):
+    """A handler that an app's logging config gives a named logger is masked too."""
+    port, _ = refusing_server
+    app_dir = tmp_path / "app"
+    assert _run_cli(["new-app", str(app_dir), "--from", "lung_ct"]).returncode == 0
+    (app_dir / "logging_config.json").write_text(json.dumps({
+        "version": 1, "disable_existing_loggers": False,
+        "handlers": {"f": {"class": "logging.FileHandler", "filename": str(tmp_path / "app.log"), "level": "DEBUG"}},
+        "loggers": {"clara_napari": {"handlers": ["f"], "level": "DEBUG"}}}))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_volume(small_volume(0), inputs / "v.nii.gz")
+    result = _run_cli(["run", "--app", str(app_dir), "--input", str(inputs), "--output", str(tmp_path / "out"),
+                       "--no-publish", "--logs", str(tmp_path / "logs"), "--ready-timeout", "2",
+                       "--server", f"http://bob:{SECRET}@127.0.0.1:{port}", "--header", f"clara-key={SECRET}2"])
+    assert result.returncode != 0
+    app_log = (tmp_path / "app.log").read_text()
+    assert "app lung_ct" in app_log or "app app" in app_log   # the handler did receive the run's records
+    assert SECRET not in app_log + result.stderr + _logs_text(tmp_path / "logs")

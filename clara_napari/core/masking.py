@@ -106,7 +106,14 @@ class MaskingFilter(logging.Filter):
 
 
 def install_log_masking(logger: logging.Logger | None = None) -> None:
-    """Add :class:`MaskingFilter` to every handler of ``logger`` (the root logger) not masked yet."""
-    for handler in (logger or logging.getLogger()).handlers:
-        if not any(isinstance(f, MaskingFilter) for f in handler.filters):
-            handler.addFilter(MaskingFilter())
+    """Add :class:`MaskingFilter` to every handler not masked yet: of ``logger``, or of the root logger
+    and every named logger (an app's logging config may give handlers to any of them)."""
+    if logger is not None:
+        loggers = [logger]
+    else:
+        loggers = [logging.getLogger()] + [item for item in list(logging.Logger.manager.loggerDict.values())
+                                           if isinstance(item, logging.Logger)]
+    for each in loggers:
+        for handler in list(each.handlers):
+            if not any(isinstance(f, MaskingFilter) for f in handler.filters):
+                handler.addFilter(MaskingFilter())
