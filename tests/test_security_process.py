@@ -441,3 +441,12 @@ def test_app_logging_config_handlers_are_masked(tmp_path, refusing_server):
     app_log = (tmp_path / "app.log").read_text()
     assert "app lung_ct" in app_log or "app app" in app_log   # the handler did receive the run's records
     assert SECRET not in app_log + result.stderr + _logs_text(tmp_path / "logs")
+
+
+def test_widget_settings_never_store_url_credentials(tmp_path, monkeypatch):
+    from clara_napari.napari._settings import load_settings, save_settings
+
+    monkeypatch.setenv("CLARA_NAPARI_CONFIG_DIR", str(tmp_path))
+    save_settings({"server": f"https://bob:{SECRET}@triton.example:8443", "protocol": "HTTP"})
+    assert SECRET not in (tmp_path / "napari_widget.json").read_text()
+    assert load_settings()["server"] == "https://triton.example:8443"
