@@ -450,3 +450,30 @@ def test_widget_settings_never_store_url_credentials(tmp_path, monkeypatch):
     save_settings({"server": f"https://bob:{SECRET}@triton.example:8443", "protocol": "HTTP"})
     assert SECRET not in (tmp_path / "napari_widget.json").read_text()
     assert load_settings()["server"] == "https://triton.example:8443"
+
+
+def test_client_threads_end_with_their_resources():
+    """Each worker runs ``on_exit`` on its own thread when closed; calls after close are refused;
+    a gevent hub made on a worker is destroyed with it (its descriptors are given back)."""
+    from clara_napari.core.backends.client_threads import ClientThreads, destroy_gevent_hub
+
+    pytest.importorskip("gevent")
+    import gevent
+
+    exited = []
+
+    def on_exit() -> None:
+        exited.append(threading.current_thread().name)
+        destroy_gevent_hub()
+
+    before = open_fds()
+    workers = ClientThreads(3, name="test-workers", on_exit=on_exit)
+    names = {workers.call(lambda: (gevent.get_hub(), gevent.sleep(0.05), threading.current_thread().name)[2])
+             for _ in range(12)}
+    assert names <= {f"test-workers-{i}" for i in range(3)}
+    assert open_fds() > before   # the hubs hold descriptors while their threads live
+    assert workers.close(timeout_s=10)
+    assert sorted(exited) == [f"test-workers-{i}" for i in range(3)]
+    assert open_fds() <= before
+    with pytest.raises(RuntimeError):
+        workers.call(lambda: None)
