@@ -249,8 +249,10 @@ def _stop_handler(cancel):
             log.warning("already stopping; cleaning up")
             return
         cancel.cancel()
+        from .core.interrupts import request_stop
         from .core.server import kill_on_stop
 
+        request_stop()
         kill_on_stop()
         raise Stopped(signum)
     return handler
@@ -258,6 +260,7 @@ def _stop_handler(cancel):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .core.apps import resolve_app
+    from .core.interrupts import clear_stop
     from .core.operator import RunOptions, run
     from .core.progress import CancelToken
 
@@ -272,6 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_file = _setup_run_logging(options.logs, app)
     log.info("app %s (%s), model %s, input %s", app.name, app.config_path, config.model_name, options.input)
     cancel = CancelToken()
+    clear_stop()
     # Ctrl-C and SIGTERM stop the run even when SIGINT was ignored on entry (a job started in the
     # background by a shell): set while a run is live, restored after it
     previous = {signum: signal.signal(signum, _stop_handler(cancel)) for signum in (signal.SIGINT, signal.SIGTERM)}

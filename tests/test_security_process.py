@@ -477,3 +477,65 @@ def test_client_threads_end_with_their_resources():
     assert open_fds() <= before
     with pytest.raises(RuntimeError):
         workers.call(lambda: None)
+
+
+SLOW_MODEL = '''
+import sys
+sys.path[:0] = {paths!r}
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep({delay})
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.concatenate([-x, x], axis=1))]))
+        return out
+'''
+
+
+@pytest.mark.triton
+def test_signal_during_a_long_request(tmp_path):
+    """Ctrl-C while every request takes 8 s on the server: the run does not wait for the request
+    in flight; exit 130 well before the request would have ended, nothing left behind."""
+    from clara_napari.core.server import _group_members, python_paths
+
+    app = tiny_app(tmp_path / "app")
+    model = app / "models" / TINY
+    (model / "1" / "model.onnx").unlink()
+    (model / "1" / "model.py").write_text(SLOW_MODEL.format(paths=python_paths(), delay=8))
+    (model / "config.pbtxt").write_text((model / "config.pbtxt").read_text().replace(
+        'platform: "onnxruntime_onnx"', 'backend: "python"'))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_volume(small_volume(0), inputs / "v.nii.gz")
+    logs = tmp_path / "logs"
+    process = subprocess.Popen(cli("run", "--app", str(app), "--input", str(inputs), "--output", str(tmp_path / "out"),
+                                   "--no-publish", "--logs", str(logs)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=cli_env(), preexec_fn=_as_background_job)
+    try:
+        deadline = time.monotonic() + 180
+        while " windows" not in _logs_text(logs):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "inference did not start within 180 s"
+            time.sleep(0.05)
+        time.sleep(1.0)   # the first requests are on the server, sleeping
+        servers = [p for p in _children(process.pid) if any("tritonserver" in a for a in _cmdline(p)[:1])]
+        start = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        latency = time.monotonic() - start
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    print(f"SIGINT during an 8 s request: exit {process.returncode} after {latency:.2f} s "
+          f"(load {os.getloadavg()[0]:.1f})")
+    assert process.returncode == 130, stderr[-2000:]
+    assert latency < 5, latency
+    assert servers and not any(_group_members(pid) for pid in servers)
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"clara_napari_{process.pid}_")]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import signal
+import threading
 from typing import Any
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -37,3 +38,20 @@ def wait_result(future: cf.Future, poll_s: float = 0.1) -> Any:
                 return future.result()
 
 
+
+
+_stopping = threading.Event()
+
+
+def request_stop() -> None:
+    """A signal handler stops the process's work: clean-ups take their fast path (no waiting for
+    requests in flight, no goodbye calls to a server that is about to be killed)."""
+    _stopping.set()
+
+
+def clear_stop() -> None:
+    _stopping.clear()
+
+
+def stop_requested() -> bool:
+    return _stopping.is_set()

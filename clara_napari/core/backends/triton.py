@@ -3,9 +3,9 @@
 Wire rules: tensors always travel as binary (never JSON); system shared memory is used
 automatically when the server is on this host and accepts it (else the network); several
 requests are in flight (the engine's ``requests_in_flight``), each on one of the model's own
-long-lived threads with its own client and its own shared-memory slot (so descriptors and threads
-stay flat however many volumes a session runs); inputs are cast to the model's datatype; each HTTP request stays
-under the server's input size limit; shapes and batch sizes are checked against the server's
+long-lived threads with its own client and its own shared-memory slot (so descriptors and
+threads stay flat however many volumes a session runs); inputs are cast to the model's
+datatype; each HTTP request stays under the server's input size limit; shapes and batch sizes are checked against the server's
 model config before the first request.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelMismatchError, ServerError
+from ..interrupts import stop_requested
 from ..masking import mask, remember, split_userinfo
 from ..model_repository import ModelSpec, read_model_config, spec_from_proto
 from .base import pick_tensor
@@ -687,12 +688,14 @@ class TritonModel:
     def close(self) -> None:
         """End the model's threads (each closes its client and its gevent hub once its current
         request returns; requests still queued are refused), then unregister and unlink the
-        shared memory, which no thread uses any more."""
+        shared memory, which no thread uses any more. Stopped by a signal: a request in flight is
+        not waited for (0.2 s), and the regions are only unlinked (no calls to a server about to be killed)."""
         self._closing = True
-        idle = self._workers.close(timeout_s=self.timeout_s)
+        stopping = stop_requested()
+        idle = self._workers.close(timeout_s=0.2 if stopping else self.timeout_s)
         with self._lock:
             slots, self._all_slots = self._all_slots, []
-        if slots and idle:
+        if slots and idle and not stopping:
             def release(client) -> None:
                 for slot in slots:
                     slot.close(client, self.headers)
@@ -701,7 +704,7 @@ class TritonModel:
             except Exception:
                 for slot in slots:   # the server is gone: unlink at least
                     slot.close()
-        elif slots:   # a request is stuck on a slot: unlink the names, keep the mappings
+        elif slots:   # stopping, or a request stuck on a slot: unlink the names, keep the mappings
             for slot in slots:
                 slot.unlink()
         self._finalizer.detach()
