@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -303,8 +304,9 @@ class TritonRunner(EngineRunner):
 class JsonPredictor:
     """Windows sent as JSON numbers (``binary_data=False``), the output back as binary."""
 
-    def __init__(self, host: str, port: int, model_name: str) -> None:
-        from .core.backends.triton import Address, TransportOptions, TritonModel
+    def __init__(self, host: str, port: int, model_name: str, in_flight: int = 2) -> None:
+        from .core.backends.client_threads import ClientThreads
+        from .core.backends.triton import Address, TransportOptions, TritonModel, _close_thread_client
 
         probe = TritonModel(Address(host, port, "http"), model_name, options=TransportOptions(shared_memory=False))
         self.spec, self.input, self.output = probe.spec, probe.input, probe.output
@@ -313,16 +315,20 @@ class JsonPredictor:
         self.url, self.model_name = f"{host}:{port}", model_name
         self.host, self.port = host, port
         self._local = threading.local()
-        self._clients: list = []
+        # clients on long-lived threads, closed with their gevent hubs (as TritonModel does)
+        self._workers = ClientThreads(in_flight, name="clara-bench-json",
+                                      on_exit=functools.partial(_close_thread_client, self._local))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._workers.call(self._predict, batch)
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
         import tritonclient.http as thttp
 
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._local.client = thttp.InferenceServerClient(self.url, network_timeout=600.0,
                                                                       connection_timeout=60.0)
-            self._clients.append(client)
         batch = np.ascontiguousarray(batch, dtype=self.input.dtype)
         infer_input = thttp.InferInput(self.input.name, list(batch.shape), self.input.datatype)
         infer_input.set_data_from_numpy(batch, binary_data=False)
@@ -334,9 +340,7 @@ class JsonPredictor:
                             headers=headers).as_numpy(self.output.name)
 
     def close(self) -> None:
-        for client in self._clients:
-            with contextlib.suppress(Exception):
-                client.close()
+        self._workers.close()
 
 
 class JsonRunner(EngineRunner):
@@ -346,7 +350,7 @@ class JsonRunner(EngineRunner):
         if self.server is None:
             raise Skip("no server")
         self.note = f"HTTP, JSON inputs, binary outputs, {self.job.in_flight} in flight"
-        return JsonPredictor(self.server.host, self.server.ports["http"], self.job.model_name)
+        return JsonPredictor(self.server.host, self.server.ports["http"], self.job.model_name, self.job.in_flight)
 
 
 class MonaiRunner(Runner):

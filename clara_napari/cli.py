@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 from .core.errors import ClaraNapariError
+from .core.masking import install_log_masking, mask, parse_header_items
 
 log = logging.getLogger("clara_napari")
 
@@ -47,16 +49,10 @@ def _add_server_args(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_headers(items: list[str], env: str = "CLARA_NAPARI_HEADERS") -> dict[str, str]:
-    """``KEY=VALUE`` items (and ``$CLARA_NAPARI_HEADERS``, or ``env``) → a header dict."""
-    from .core.errors import ServerError
-
-    env = [p for p in os.environ.get(env, "").split(";") if p.strip()]
-    headers = {}
-    for item in env + list(items):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ServerError(f"header {item!r} is not KEY=VALUE.")
-        headers[key.strip()] = value.strip()
+    """``KEY=VALUE`` items (and ``$CLARA_NAPARI_HEADERS``, or ``env``) → a header dict (values masked from now on)."""
+    env_items = [p for p in os.environ.get(env, "").split(";") if p.strip()]
+    headers = parse_header_items(env_items, f"${env} item")
+    headers.update(parse_header_items(list(items), "--header"))
     return headers
 
 
@@ -147,10 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit code. Run as the program (``argv`` None), a run stopped by a signal
+    exits at once after its clean-up (see :func:`_exit_now`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    install_log_masking()   # header values and URL credentials never reach a log line
     for handler in logging.getLogger().handlers:
         # what the CLI already printed (result lines) goes to the log file only, not twice to the terminal
         handler.addFilter(lambda record: not getattr(record, "printed", False))
@@ -158,13 +157,19 @@ def main(argv: list[str] | None = None) -> int:
                "new-app": cmd_new_app, "bench": cmd_bench}[args.command]
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("clara-napari: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"clara-napari: {'interrupted' if signum == signal.SIGINT else 'terminated'}; stopped and "
+              "cleaned up.", file=sys.stderr)
+        if argv is None and isinstance(exc, Stopped):
+            _exit_now(128 + int(signum))
+        return 128 + int(signum)
     except ClaraNapariError as exc:
         if args.debug:
-            raise
-        print(f"clara-napari: {exc}", file=sys.stderr)
+            import traceback
+
+            print(mask(traceback.format_exc()), end="", file=sys.stderr)
+        print(f"clara-napari: {mask(exc)}", file=sys.stderr)
         return 2
 
 
@@ -220,6 +225,7 @@ def _setup_run_logging(logs: Path | None, app) -> Path | None:
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
     root.addHandler(handler)
+    install_log_masking()   # also the handlers the app's logging config gave any logger
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
         for other in root.handlers:
@@ -228,10 +234,51 @@ def _setup_run_logging(logs: Path | None, app) -> Path | None:
     return path
 
 
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal; the CLI exits with 128 + ``signum`` (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's slow teardown of every loaded library (about a second on a
+    busy machine): the run's clean-up is done, the exit handlers (log files, any server or shared
+    memory still registered) run here, then the process ends with ``code``."""
+    import atexit
+
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _stop_handler(cancel):
+    """The first SIGINT/SIGTERM cancels the run and raises :class:`Stopped` in the main thread, whatever
+    it waits on; the clean-up (the ``finally`` blocks: partial files, shared memory, the embedded
+    server, killed rather than shut down) then runs to its end: later signals do not cut it short."""
+    def handler(signum, frame):
+        if cancel.cancelled:
+            log.warning("already stopping; cleaning up")
+            return
+        cancel.cancel()
+        from .core.interrupts import request_stop
+        from .core.server import kill_on_stop
+
+        request_stop()
+        kill_on_stop()
+        raise Stopped(signum)
+    return handler
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
 
     from .core.apps import resolve_app
+    from .core.interrupts import clear_stop
     from .core.operator import RunOptions, check_run_folders, run
     from .core.progress import CancelToken
     from .dicom_cli import pacs_input, send_results
@@ -257,29 +304,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("app %s (%s, a %s config), model %s, input %s", app.name, app.config_path, config.format,
              config.model_name, options.input)
     cancel = CancelToken()
-
-    def on_terminate(signum, frame):
-        cancel.cancel()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_terminate)
+    clear_stop()
+    # Ctrl-C and SIGTERM stop the run even when SIGINT was ignored on entry (a job started in the
+    # background by a shell): set while a run is live, restored after it
+    previous = {signum: signal.signal(signum, _stop_handler(cancel)) for signum in (signal.SIGINT, signal.SIGTERM)}
     failures = unsent = 0
 
     def report(result) -> None:
         nonlocal failures
+        message = mask(result.message)
         if result.ok:
-            print(result.message)
-            log.info(result.message, extra={"printed": True})
+            print(message)
+            log.info(message, extra={"printed": True})
         else:
             failures += 1
-            print(f"FAILED {result.message}", file=sys.stderr)
-            log.error(result.message, extra={"printed": True})
+            print(f"FAILED {message}", file=sys.stderr)
+            log.error(message, extra={"printed": True})
 
     try:
         results = run(options, progress_for=_progress_for(True), report=report, cancel=cancel)
         unsent = send_results(args, results)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         stack.close()
     total = len(results)
     summary = f"{total - failures}/{total} volumes segmented with {app.name}"
@@ -326,7 +373,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                            app=app, **_server_options(args))
     try:
         for row in backend.list_models(app.model_repository if app else None):
-            print(row)
+            print(mask(row))
     finally:
         backend.close()
     return 0

@@ -103,7 +103,11 @@ def parse_model_config(text: str, path: Path | None = None) -> ModelSpec:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        raise ConfigError(f"not a valid Triton model config ({exc}).", file=str(path or "")) from None
+        # position and kind only: protobuf's message quotes the offending token, and a file named
+        # by mistake (a key, a password file) must not have its contents echoed
+        kind = "an unknown field" if "has no field named" in str(exc) else "a syntax error"
+        raise ConfigError(f"not a valid Triton model config ({kind} at line {exc.GetLine()}, column "
+                          f"{exc.GetColumn()}).", file=str(path or "")) from None
     return spec_from_proto(config, path)
 
 

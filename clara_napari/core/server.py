@@ -402,6 +402,8 @@ class EmbeddedServer:
         self.models: list[ModelSpec] = []
         #: the python backend's shared-memory regions (one per model instance), known once ready
         self.shm_regions: list[str] = []
+        #: set by :func:`kill_on_stop` (a signal): stop() kills at once instead of a graceful shutdown
+        self.kill_on_stop = False
         self._lock = threading.Lock()
 
     # -- URLs ---------------------------------------------------------------------------------
@@ -518,6 +520,10 @@ class EmbeddedServer:
         process, self.process = self.process, None
         if process is not None:
             regions = sorted(set(self.shm_regions) | set(_stub_regions(process.pid)))
+            if self.kill_on_stop and process.poll() is None:
+                # interrupted: nothing to finish, the user waits; the regions are unlinked below
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
@@ -652,6 +658,14 @@ class EmbeddedServer:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+def kill_on_stop() -> None:
+    """From a signal handler (Ctrl-C, SIGTERM): every live embedded server is killed when it is
+    stopped (its process group at once, then its shared memory unlinked and its folder removed),
+    not shut down gracefully, so that the clean-up takes well under a second."""
+    for server in list(_LIVE):
+        server.kill_on_stop = True
 
 
 @atexit.register

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Literal, Protocol, Sequence
 
 import numpy as np
 
+from .interrupts import block_stop_signals, wait_result
 from .errors import Cancelled, ConfigError, ModelMismatchError
 from .progress import CancelToken, Progress
 
@@ -203,22 +204,26 @@ def sliding_window(
             check_cancel()
             stitch(chunk, run(chunk))
     else:
-        with cf.ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="clara-window") as pool:
-            pending: deque[tuple[list, cf.Future]] = deque()
-            try:
-                for chunk in batches():
-                    check_cancel()
-                    pending.append((chunk, pool.submit(run, chunk)))
-                    if len(pending) >= in_flight:
-                        first, future = pending.popleft()
-                        stitch(first, future.result())
-                while pending:
-                    check_cancel()
+        pool = cf.ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="clara-window",
+                                     initializer=block_stop_signals)
+        pending: deque[tuple[list, cf.Future]] = deque()
+        finished = False
+        try:
+            for chunk in batches():
+                check_cancel()
+                pending.append((chunk, pool.submit(run, chunk)))
+                if len(pending) >= in_flight:
                     first, future = pending.popleft()
-                    stitch(first, future.result())
-            finally:
-                for _, future in pending:
-                    future.cancel()
+                    stitch(first, wait_result(future))
+            while pending:
+                check_cancel()
+                first, future = pending.popleft()
+                stitch(first, wait_result(future))
+            finished = True
+        finally:
+            # stopped (Ctrl-C, cancel, an error): queued batches are dropped and running ones are not
+            # waited for, so the clean-up starts at once; their results go nowhere
+            pool.shutdown(wait=finished, cancel_futures=True)
     assert output is not None
     _normalise(output, plan, weights_window)
     crop = tuple(slice(a, a + s) for (a, _), s in zip(plan.pad, plan.shape))

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.apps import App
-from ..core.backends.triton import (TransportOptions, TritonBackend, make_client, parse_address, repository_index,
+from ..core.backends.triton import (TransportOptions, TritonBackend, parse_address, repository_index, with_client,
                                     wait_ready, with_server_key)
 from ..core.components import ScanWindowInferer
 from ..core.config import InferenceConfig
-from ..core.errors import Cancelled, ServerError
+from ..core.errors import Cancelled
+from ..core.masking import parse_header_items
 from ..core.pipeline import Segmentation, segment_volume
 from ..core.progress import CancelToken
 from ..core.volume import Volume
@@ -54,14 +55,7 @@ def transport_options(headers: str = "", ssl_ca: str = "", ssl_cert: str = "", s
     """The widget's transport fields as TransportOptions keywords: ``KEY=VALUE; KEY=VALUE`` headers
     and TLS files (empty fields are left out)."""
     options: dict[str, Any] = {}
-    parsed = {}
-    for item in (part.strip() for part in headers.split(";")):
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ServerError(f"header {item!r} is not KEY=VALUE.")
-        parsed[key.strip()] = value.strip()
+    parsed = parse_header_items([part.strip() for part in headers.split(";") if part.strip()])
     if parsed:
         options["headers"] = parsed
     for name, value in (("ssl_ca", ssl_ca), ("ssl_cert", ssl_cert), ("ssl_key", ssl_key)):
@@ -74,18 +68,13 @@ def read_models(address: str, *, ready_timeout_s: float = 15.0, transport: dict[
     """The server's model repository index: model name → state (READY, UNAVAILABLE, ...)."""
     parsed = parse_address(address)
     options = TransportOptions(ready_timeout_s=ready_timeout_s, **(transport or {}))
-    client = make_client(parsed, options, 30.0)
-    try:
+
+    def read(client) -> dict[str, str]:
         headers = with_server_key(parsed, options.headers)
         wait_ready(client, parsed, ready_timeout_s, headers)
         return {e["name"]: e["state"] for e in repository_index(client, parsed, headers)}
-    finally:
-        close = getattr(client, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                pass
+    # on a thread of its own, closed with its gevent hub: the widget asks on every refresh
+    return with_client(parsed, options, 30.0, read)
 
 
 def connect(server: str, protocol: str, repository: Path, *, ready_timeout_s: float = 15.0,

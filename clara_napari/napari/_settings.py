@@ -45,6 +45,10 @@ def load_settings() -> dict[str, Any]:
 def save_settings(values: dict[str, Any]) -> None:
     path = settings_path()
     data = {k: str(values[k]) for k in DEFAULTS if k in values and values[k] is not None}
+    if "server" in data:   # credentials in a server URL (user:pass@) are never written to disk
+        from ..core.masking import split_userinfo
+
+        data["server"] = split_userinfo(data["server"])[0]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=path.parent)

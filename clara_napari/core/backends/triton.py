@@ -2,15 +2,17 @@
 
 Wire rules: tensors always travel as binary (never JSON); system shared memory is used
 automatically when the server is on this host and accepts it (else the network); several
-requests are in flight (the engine's ``requests_in_flight``), each thread with its own client
-and its own shared-memory slot; inputs are cast to the model's datatype; each HTTP request stays
-under the server's input size limit; shapes and batch sizes are checked against the server's
+requests are in flight (the engine's ``requests_in_flight``), each on one of the model's own
+long-lived threads with its own client and its own shared-memory slot (so descriptors and
+threads stay flat however many volumes a session runs); inputs are cast to the model's
+datatype; each HTTP request stays under the server's input size limit; shapes and batch sizes are checked against the server's
 model config before the first request.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -21,15 +23,18 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ModelMismatchError, ServerError
+from ..interrupts import stop_requested
+from ..masking import mask, remember, split_userinfo
 from ..model_repository import ModelSpec, read_model_config, spec_from_proto
 from .base import pick_tensor
+from .client_threads import ClientThreads, destroy_gevent_hub
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ class Address:
     port: int
     protocol: str       # "http" or "grpc"
     tls: bool = False
+    #: ``user:pass`` of ``scheme://user:pass@host``: sent as HTTP basic auth, never printed
+    userinfo: str = field(default="", repr=False, compare=False)
 
     @property
     def url(self) -> str:
@@ -62,8 +69,11 @@ class Address:
 
 
 def parse_address(text: str, protocol: str | None = None) -> Address:
-    """``host:port``, ``http[s]://host:port`` or ``grpc[s]://host:port`` → :class:`Address`."""
-    raw = text.strip()
+    """``host:port``, ``http[s]://host:port`` or ``grpc[s]://host:port`` → :class:`Address`
+    (``user:pass@`` before the host becomes basic auth, and is masked in every message)."""
+    raw, userinfo = split_userinfo(text.strip())
+    remember(userinfo, userinfo.partition(":")[2])
+    text = mask(text)
     scheme = ""
     if "://" in raw:
         scheme, raw = raw.split("://", 1)
@@ -83,7 +93,20 @@ def parse_address(text: str, protocol: str | None = None) -> Address:
         raise ServerError(f"{text}: the port {port_text!r} is not a number between 1 and 65535.")
     if not host:
         raise ServerError(f"{text}: no host in the server address.")
-    return Address(host=host, port=port, protocol=proto, tls=scheme in ("https", "grpcs"))
+    return Address(host=host, port=port, protocol=proto, tls=scheme in ("https", "grpcs"), userinfo=userinfo)
+
+
+def request_headers(options: "TransportOptions", address: Address) -> dict[str, str] | None:
+    """The headers sent with every call: the options' headers, plus basic auth from the URL's
+    ``user:pass@`` (unless an Authorization header is given)."""
+    headers = dict(options.headers or {})
+    if address.userinfo and not any(k.lower() == "authorization" for k in headers):
+        import base64
+
+        token = base64.b64encode(address.userinfo.encode("utf-8")).decode("ascii")
+        remember(token)
+        headers["Authorization"] = f"Basic {token}"
+    return headers or None
 
 
 @dataclass
@@ -99,6 +122,9 @@ class TransportOptions:
     ssl_cert: str | None = None
     ssl_key: str | None = None
     headers: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        remember(*(self.headers or {}).values())   # masked in every message and log line
 
 
 class TritonBackend:
@@ -149,8 +175,10 @@ class TritonBackend:
 
     def list_models(self, repository: Path | None = None) -> list[str]:
         address = self.resolve(None, repository)
-        client = make_client(address, self.options, 30.0)
-        headers = with_server_key(address, self.options.headers)
+        return with_client(address, self.options, 30.0, functools.partial(self._list_models, address))
+
+    def _list_models(self, address: Address, client) -> list[str]:
+        headers = with_server_key(address, request_headers(self.options, address))
         wait_ready(client, address, self.options.ready_timeout_s, headers)
         rows = [f"server {address}"]
         for entry in repository_index(client, address, headers):
@@ -214,6 +242,34 @@ def make_client(address: Address, options: TransportOptions, timeout_s: float):
         return thttp.InferenceServerClient(address.url, **kwargs)
     except Exception as exc:
         raise ServerError(f"Triton at {address}: cannot create a client ({_reason(exc)}).") from None
+
+
+def with_client(address: Address, options: TransportOptions, timeout_s: float, fn):
+    """``fn(client)`` with a fresh client on a short-lived thread of its own; the client and that
+    thread's gevent hub are closed afterwards (a hub left behind holds descriptors for good)."""
+    def job():
+        client = make_client(address, options, timeout_s)
+        try:
+            return fn(client)
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    workers = ClientThreads(1, name="clara-triton-once", on_exit=destroy_gevent_hub)
+    try:
+        return workers.call(job)
+    finally:
+        workers.close()
+
+
+def _close_thread_client(local: threading.local) -> None:
+    """On a model's worker thread as it ends: close its client and its gevent hub."""
+    client = getattr(local, "client", None)
+    local.client = None
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.close()
+    destroy_gevent_hub()
 
 
 def wait_ready(client, address: Address, timeout_s: float, headers: dict[str, str] | None = None) -> None:
@@ -371,6 +427,13 @@ class _ShmSlot:
         self.handles = []
         _REGIONS.discard(self)
 
+    def unlink(self) -> None:
+        """Remove the regions' names only (a request may still be using the mappings)."""
+        for name in self.names:
+            with contextlib.suppress(OSError):
+                os.unlink(f"/dev/shm/{name}")
+        _REGIONS.discard(self)
+
 
 class TritonModel:
     """A model on a Triton server, ready to predict batches (a window-engine predictor)."""
@@ -384,15 +447,29 @@ class TritonModel:
         self.timeout_s = timeout_s
         self.options = options or TransportOptions()
         self._local = threading.local()
-        # weak: a client belongs to one engine thread and goes when that thread ends (the engine
-        # starts new threads for every volume); close() closes those still alive
-        self._clients: "weakref.WeakSet" = weakref.WeakSet()
         self._slots: "queue.LifoQueue[_ShmSlot]" = queue.LifoQueue()
         self._all_slots: list[_ShmSlot] = []
         self._generation = 0
         self._lock = threading.Lock()
         self.description = f"Triton at {address}"
+        self._user_headers = request_headers(self.options, address)
+        self.in_flight = in_flight
+        self._closing = False
+        # every client lives on one of these threads for the model's whole life (an HTTP client
+        # belongs to the thread, its gevent hub, that made it): the engine's per-volume threads
+        # only hand requests over, so nothing is left behind per volume
+        self._workers = ClientThreads(in_flight, name="clara-triton",
+                                      on_exit=functools.partial(_close_thread_client, self._local))
+        self._finalizer = weakref.finalize(self, self._workers.close, 0.0)
+        try:
+            self._workers.call(self._set_up, input_name, output_name, expected)
+        except BaseException:
+            self.close()
+            raise
 
+    # -- set-up -------------------------------------------------------------------------------
+    def _set_up(self, input_name: str, output_name: str, expected: ModelSpec | None) -> None:
+        address, name, version = self.address, self.name, self.version
         client = self._client()
         wait_ready(client, address, self.options.ready_timeout_s, self.headers)
         self._wait_model(client)
@@ -404,14 +481,13 @@ class TritonModel:
         self.output = pick_tensor(self.spec.outputs, output_name, "output", where)
         self.max_batch_size = self.spec.max_batch_size
         self.use_shm = self._probe_shm(client) if self.options.shared_memory is not False else False
-        self.in_flight = in_flight
         self.transport = f"{address.protocol}{'+shm' if self.use_shm else ''}"
 
     @property
     def headers(self) -> dict[str, str] | None:
-        """The user's headers, plus the key when the server is this process's embedded one (looked up
-        on every call: a restarted embedded server has a new key)."""
-        return with_server_key(self.address, self.options.headers)
+        """The user's headers (and basic auth from the URL), plus the key when the server is this
+        process's embedded one (looked up on every call: a restarted embedded server has a new key)."""
+        return with_server_key(self.address, self._user_headers)
 
     # -- set-up -------------------------------------------------------------------------------
     def _client(self):
@@ -419,8 +495,6 @@ class TritonModel:
         if client is None:
             client = make_client(self.address, self.options, self.timeout_s)
             self._local.client = client
-            with self._lock:
-                self._clients.add(client)
         return client
 
     def _wait_model(self, client) -> None:
@@ -465,6 +539,11 @@ class TritonModel:
 
     # -- prediction ---------------------------------------------------------------------------
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._workers.call(self._predict, batch)
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        if self._closing:   # queued by an engine thread that was abandoned (Ctrl-C, an error)
+            raise ServerError(f"Triton at {self.address}: model {self.name!r} was closed.")
         batch = np.ascontiguousarray(batch, dtype=self.input.dtype)
         if self.max_batch_size == 0:
             return np.stack([self._infer_retrying(item, batched=False) for item in batch])
@@ -625,15 +704,28 @@ class TritonModel:
             self._forget(slot, client)
 
     def close(self) -> None:
+        """End the model's threads (each closes its client and its gevent hub once its current
+        request returns; requests still queued are refused), then unregister and unlink the
+        shared memory, which no thread uses any more. Stopped by a signal: a request in flight is
+        not waited for (0.2 s), and the regions are only unlinked (no calls to a server about to be killed)."""
+        self._closing = True
+        stopping = stop_requested()
+        idle = self._workers.close(timeout_s=0.2 if stopping else self.timeout_s)
         with self._lock:
             slots, self._all_slots = self._all_slots, []
-            clients, self._clients = list(self._clients), weakref.WeakSet()
-        mine = self._client() if slots else None
-        for slot in slots:
-            slot.close(mine, self.headers)
-        for client in clients:
-            with contextlib.suppress(Exception):
-                client.close()
+        if slots and idle and not stopping:
+            def release(client) -> None:
+                for slot in slots:
+                    slot.close(client, self.headers)
+            try:
+                with_client(self.address, self.options, min(self.timeout_s, 10.0), release)
+            except Exception:
+                for slot in slots:   # the server is gone: unlink at least
+                    slot.close()
+        elif slots:   # stopping, or a request stuck on a slot: unlink the names, keep the mappings
+            for slot in slots:
+                slot.unlink()
+        self._finalizer.detach()
 
 
 def check_same_model(expected: ModelSpec, served: ModelSpec, address: Address) -> None:
