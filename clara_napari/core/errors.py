@@ -41,3 +41,7 @@ class ModelMismatchError(ServerError):
 
 class Cancelled(ClaraNapariError):
     """The user cancelled a running job."""
+
+
+class UsageError(ClaraNapariError):
+    """A command-line or API argument that cannot work (a missing folder, conflicting options)."""
