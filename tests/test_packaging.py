@@ -97,16 +97,17 @@ def test_wheel_in_a_fresh_venv_from_another_folder(built_wheel, tmp_path):
     from clara_napari.napari._testing import ensure_display
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
-    cli = venv / "bin" / "clara-napari"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{built_wheel}[all,qt,server]",
-                    "nbclient", "nbformat", "ipykernel"], check=True, timeout=1800)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    # nothing of this checkout may leak in: no PYTHONPATH (pip would take the checkout for an install)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("NVIDIA_CLARA_")}
     env.update(XDG_CONFIG_HOME=str(tmp_path / "xdg"), CLARA_NAPARI_CONFIG_DIR=str(tmp_path / "settings"),
                NAPARI_APPLICATION_IPY_INTERACTIVE="false", PATH=f"{venv / 'bin'}:{env.get('PATH', '')}")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300, env=env, cwd=elsewhere)
+    python = venv / "bin" / "python"
+    cli = venv / "bin" / "clara-napari"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{built_wheel}[all,qt,server]",
+                    "nbclient", "nbformat", "ipykernel"], check=True, timeout=1800, env=env, cwd=elsewhere)
 
     def run(*args: str, timeout: float = 600) -> str:
         done = subprocess.run([str(a) for a in args], cwd=elsewhere, env=env, capture_output=True, text=True,
