@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "segment": "api", "run_app": "api", "read_volume": "api", "write_volume": "api", "Volume": "api",
-    "show": "notebook", "add_to_viewer": "notebook",
+    "show": "notebook", "add_to_viewer": "notebook", "sample_path": "core.apps",
 }
 __all__ = sorted(_LAZY) + ["__version__"]
 

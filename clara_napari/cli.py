@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .core.errors import ClaraNapariError
+from .core.errors import ClaraNapariError, UsageError
 from .core.masking import install_log_masking, mask, parse_header_items
 
 log = logging.getLogger("clara_napari")
@@ -23,10 +23,24 @@ ENV_FOLDERS = {
 }
 
 
+def in_clara_container() -> bool:
+    """A Clara pipeline container: some ``NVIDIA_CLARA_*`` variable is set or ``/input`` is mounted."""
+    return any(k.startswith("NVIDIA_CLARA_") for k in os.environ) or Path("/input").is_dir()
+
+
 def _folder(args: argparse.Namespace, key: str) -> Path:
+    """A run folder: the option, else its ``NVIDIA_CLARA_*`` variable, else the Clara container's
+    ``/input``… inside a container, and ``./output``, ``./publish``, ``./logs`` everywhere else
+    (never the filesystem root of a user's machine)."""
     value = getattr(args, key)
     env, default = ENV_FOLDERS[key]
-    return Path(value or os.environ.get(env) or default)
+    if value or os.environ.get(env):
+        return Path(value or os.environ[env])
+    if in_clara_container():
+        return Path(default)
+    if key == "input":
+        raise UsageError("no input: name a folder or file with --input (or set $NVIDIA_CLARA_INPUT).")
+    return Path.cwd() / key
 
 
 def _add_server_args(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bundled app name, app folder or config_inference.json "
                           "(default: $NVIDIA_CLARA_CONFIG_INFERENCE, else brain_extraction_t1)")
     for key, (env, default) in ENV_FOLDERS.items():
-        run.add_argument(f"--{key}", help=f"folder (default: ${env}, else {default})")
+        run.add_argument(f"--{key}", help=f"folder (default: ${env}; else {default} in a Clara container"
+                         + (", required elsewhere)" if key == "input" else f", ./{key} elsewhere)"))
     run.add_argument("--model", help="the Triton model serving the app, instead of its inferer's model_name "
                      "(an MMAR's own model file is never loaded)")
     run.add_argument("--no-publish", action="store_true", help="do not write the Render Server bundle")
@@ -99,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dicom_args(run)
     _add_server_args(run)
+
+    sample = sub.add_parser("sample", help="the main job on the bundled sample: segment the brain of the T1 MRI "
+                                           "and print the Dice against its reference mask")
+    sample.add_argument("--output", default="clara-napari-sample",
+                        help="folder for output/, publish/ and logs/ (default ./clara-napari-sample)")
+    sample.add_argument("--server", help="as for run (default: the embedded Triton server where installed)")
 
     apps = sub.add_parser("apps", help="list the bundled apps")
     apps.add_argument("--json", action="store_true")
@@ -153,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         # what the CLI already printed (result lines) goes to the log file only, not twice to the terminal
         handler.addFilter(lambda record: not getattr(record, "printed", False))
-    handler = {"run": cmd_run, "apps": cmd_apps, "models": cmd_models, "serve": cmd_serve,
+    handler = {"run": cmd_run, "sample": cmd_sample, "apps": cmd_apps, "models": cmd_models, "serve": cmd_serve,
                "new-app": cmd_new_app, "bench": cmd_bench}[args.command]
     try:
         return handler(args)
@@ -361,6 +382,25 @@ def cmd_new_app(args: argparse.Namespace) -> int:
 
     app = scaffold_app(args.folder, args.source, force=args.force)
     print(f"created app {app.folder} from {args.source}; run it with: clara-napari run --app {app.folder}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``run`` on the bundled T1 with the brain app, then the Dice against the reference mask."""
+    from .core.apps import sample_path
+    from .core.metrics import compare_to_reference
+    from .core.volume import read_volume
+
+    image, reference = sample_path("mr_t1"), sample_path("mr_t1_mask")
+    root = Path(args.output)
+    argv = ["run", "--app", "brain_extraction_t1", "--input", str(image.parent), "--output", str(root / "output"),
+            "--publish", str(root / "publish"), "--logs", str(root / "logs"), "--overwrite"]
+    status = cmd_run(build_parser().parse_args(argv + (["--server", args.server] if args.server else [])))
+    if status != 0:
+        return status
+    row = compare_to_reference(read_volume(root / "output" / "mr_t1_colin27.mhd"), read_volume(reference))
+    print(f"dice {row['dice']:.4f} against the reference brain mask  geometry identical: {row['same_grid']}  "
+          f"volume {row['volume_ml']:.1f} ml vs reference {row['reference_ml']:.1f} ml")
     return 0
 
 

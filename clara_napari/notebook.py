@@ -3,7 +3,7 @@
 ```python
 import napari, clara_napari as cn
 viewer = napari.Viewer()
-image = cn.read_volume("sample_data/mr_t1/mr_t1_colin27.nii.gz")
+image = cn.read_volume(cn.sample_path("mr_t1"))
 labels = cn.segment(image, app="brain_extraction_t1")
 cn.show(viewer, image, labels, app="brain_extraction_t1")   # the image and an overlaid Labels layer
 viewer.window.add_plugin_dock_widget("clara-napari", "Triton Inference")

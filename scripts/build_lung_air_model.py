@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OUT = Path(__file__).resolve().parents[1] / "sample_data" / "models" / "lung_air_density" / "1" / "model.onnx"
+OUT = Path(__file__).resolve().parents[1] / "clara_napari" / "data" / "sample_data" / "models" / "lung_air_density" / "1" / "model.onnx"
 A_MIN, A_MAX = -1500.0, 500.0
 THRESHOLD_HU = -400.0
 STEEPNESS = 60.0   # per unit of normalised intensity: ±0.05 (±100 HU) around the threshold → 5 % / 95 %

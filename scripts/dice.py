@@ -1,12 +1,9 @@
 """Dice and geometry check of a label volume against a reference mask: ``python scripts/dice.py OUT REF``."""
 import sys
 
-import numpy as np
-
+from clara_napari.core.metrics import compare_to_reference
 from clara_napari.core.volume import read_volume
 
-out, ref = read_volume(sys.argv[1]), read_volume(sys.argv[2])
-a, b = out.array > 0, ref.array > 0
-dice = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-print(f"dice {dice:.4f}  geometry identical: {out.same_grid(ref)}  "
-      f"volume {out.physical_volume_ml():.1f} ml vs reference {ref.physical_volume_ml():.1f} ml")
+row = compare_to_reference(read_volume(sys.argv[1]), read_volume(sys.argv[2]))
+print(f"dice {row['dice']:.4f}  geometry identical: {row['same_grid']}  "
+      f"volume {row['volume_ml']:.1f} ml vs reference {row['reference_ml']:.1f} ml")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-OUT = Path(__file__).resolve().parents[1] / "sample_data" / "models" / "deepbet_brain_t1" / "1" / "model.onnx"
+OUT = Path(__file__).resolve().parents[1] / "clara_napari" / "data" / "sample_data" / "models" / "deepbet_brain_t1" / "1" / "model.onnx"
 
 
 def main(wheel: str) -> None:

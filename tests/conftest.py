@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from clara_napari.core.apps import PACKAGE_ROOT, sample_data_dir
+from clara_napari.core.apps import DATA_ROOT, sample_data_dir
 from clara_napari.core.model_repository import ModelSpec, TensorSpec
 from clara_napari.core.volume import Volume
 
@@ -26,7 +26,7 @@ settings.register_profile("thorough", deadline=None, max_examples=400,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-BUNDLED_APP = PACKAGE_ROOT / "config" / "brain_extraction_t1"
+BUNDLED_APP = DATA_ROOT / "config" / "brain_extraction_t1"
 
 
 # -- sample data -----------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def t1_crop(z: slice, y: slice, x: slice) -> Volume:
     """A crop of the real T1 MRI, keeping its geometry (as the pipeline sees any volume)."""
     from clara_napari.core.volume import read_volume
 
-    full = read_volume(Path(__file__).resolve().parents[1] / "sample_data/mr_t1/mr_t1_colin27.nii.gz")
+    full = read_volume(DATA_ROOT / "sample_data/mr_t1/mr_t1_colin27.nii.gz")
     return full.with_array(np.ascontiguousarray(full.array[z, y, x]))
 
 

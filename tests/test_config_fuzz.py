@@ -9,13 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.config import load_config, parse_config
 from clara_napari.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-SKELETONS = [json.loads((ROOT / "config" / app / "config_inference.json").read_text())
+SKELETONS = [json.loads((DATA_ROOT / "config" / app / "config_inference.json").read_text())
              for app in ("brain_extraction_t1", "lung_ct")]
-PLACEHOLDERS = {"MODEL_REPOSITORY": str(ROOT / "sample_data" / "models"), "APP_DIR": str(ROOT)}
+PLACEHOLDERS = {"MODEL_REPOSITORY": str(DATA_ROOT / "sample_data" / "models"), "APP_DIR": str(ROOT)}
 
 json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.apps import resolve_app
 from clara_napari.core.errors import DicomError
 from clara_napari.core.volume import read_volume
@@ -24,7 +25,7 @@ pytest.importorskip("highdicom")
 pydicom = pytest.importorskip("pydicom")
 
 ROOT = Path(__file__).resolve().parents[1]
-CT = ROOT / "sample_data" / "chest_ct" / "chest_ct_lung2.nii.gz"
+CT = DATA_ROOT / "sample_data" / "chest_ct" / "chest_ct_lung2.nii.gz"
 
 
 def dciodvfy(path: Path) -> tuple[int, list[str]]:
@@ -200,7 +201,7 @@ def test_empty_label_and_custom_codes(small_ct_series, tmp_path):
     from clara_napari.core.dicom.writer import write_app_seg
 
     app_dir = tmp_path / "app"
-    shutil.copytree(ROOT / "config" / "lung_ct", app_dir)
+    shutil.copytree(DATA_ROOT / "config" / "lung_ct", app_dir)
     config = json.loads((app_dir / "config_inference.json").read_text())
     config["labels"] = {"1": {"name": "lung", "color": "#4fa3e0"}, "2": {"name": "vessels", "color": "#ff0000"},
                         "4": {"name": "tumour"}}
@@ -278,7 +279,7 @@ def test_dicom_seg_writer_in_a_config_and_the_api(small_ct_series, tmp_path):
     from clara_napari.core.operator import RunOptions, run
 
     app_dir = tmp_path / "app"
-    shutil.copytree(ROOT / "config" / "lung_ct", app_dir)
+    shutil.copytree(DATA_ROOT / "config" / "lung_ct", app_dir)
     config = json.loads((app_dir / "config_inference.json").read_text())
     config["writers"].append({"name": "DicomSegWriter", "args": {"field": "model"}})
     (app_dir / "config_inference.json").write_text(json.dumps(config))
@@ -301,7 +302,7 @@ def test_a_seg_writer_in_the_config_refuses_non_dicom_inputs_before_inferring(tm
     from clara_napari.core.operator import RunOptions, run
 
     app_dir = tmp_path / "app"
-    shutil.copytree(ROOT / "config" / "lung_ct", app_dir)
+    shutil.copytree(DATA_ROOT / "config" / "lung_ct", app_dir)
     config = json.loads((app_dir / "config_inference.json").read_text())
     config["writers"].append({"name": "DicomSegWriter", "args": {"field": "model"}})
     (app_dir / "config_inference.json").write_text(json.dumps(config))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import clara_napari as cn
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.cli import main
 from clara_napari.core.errors import ServerError
 from clara_napari.core.server import EmbeddedServer, _group_members, free_port
@@ -18,7 +19,7 @@ from conftest import brain_app, t1_crop
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "sample_data" / "models"
+MODELS = DATA_ROOT / "sample_data" / "models"
 
 
 def shm_names(prefix: str) -> set[str]:

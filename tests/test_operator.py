@@ -13,12 +13,13 @@ import pytest
 import SimpleITK as sitk
 
 import clara_napari as cn
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.cli import main
 from clara_napari.core.volume import Volume, write_volume
 
 ROOT = Path(__file__).resolve().parents[1]
-CT = ROOT / "sample_data/chest_ct/chest_ct_lung2.nii.gz"
-T1 = ROOT / "sample_data/mr_t1/mr_t1_colin27.nii.gz"
+CT = DATA_ROOT / "sample_data/chest_ct/chest_ct_lung2.nii.gz"
+T1 = DATA_ROOT / "sample_data/mr_t1/mr_t1_colin27.nii.gz"
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

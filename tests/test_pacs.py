@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.errors import PacsError
 from clara_napari.core.server import free_port
 from clara_napari.core.volume import read_volume
@@ -33,7 +34,7 @@ pytest.importorskip("pynetdicom")
 pydicom = pytest.importorskip("pydicom")
 
 ROOT = Path(__file__).resolve().parents[1]
-CT = ROOT / "sample_data" / "chest_ct" / "chest_ct_lung2.nii.gz"
+CT = DATA_ROOT / "sample_data" / "chest_ct" / "chest_ct_lung2.nii.gz"
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
 USER, PASSWORD = "clara", "pacs-s3cret-token"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

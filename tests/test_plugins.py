@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from clara_napari.core.apps import DATA_ROOT
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,7 +31,7 @@ def test_entry_point_registers_a_transform(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[clara_napari.components]\nmine = my_plugin\n")
-    config = json.loads((ROOT / "config/lung_ct/config_inference.json").read_text())
+    config = json.loads((DATA_ROOT / "config/lung_ct/config_inference.json").read_text())
     config["pre_transforms"].append({"name": "InvertIntensity", "args": {"fields": "image"}})
     (tmp_path / "config_inference.json").write_text(json.dumps(config))
     code = textwrap.dedent(f'''

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import clara_napari as cn
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.cli import main
 from clara_napari.core.atomic import Transaction, current_umask, remove_stale_partials
 from clara_napari.core.errors import ConfigError, OutputError, VolumeError
@@ -28,7 +29,7 @@ from clara_napari.core.logging_config import check_logging_config
 from clara_napari.core.output_plan import distinct_stems, name_hash
 
 ROOT = Path(__file__).resolve().parents[1]
-CT = ROOT / "sample_data/chest_ct/chest_ct_lung2.nii.gz"
+CT = DATA_ROOT / "sample_data/chest_ct/chest_ct_lung2.nii.gz"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.apps import resolve_app
 from clara_napari.core.backends.triton import TransportOptions, TritonModel, parse_address
 from clara_napari.core.pipeline import segment_volume
@@ -379,7 +380,7 @@ def test_signal_mid_run_stops_at_once_and_cleans_up(tiny, tmp_path, server, sign
 
     inputs = tmp_path / "in"
     inputs.mkdir()
-    (inputs / "chest_ct_lung2.nii.gz").write_bytes((ROOT / "sample_data/chest_ct/chest_ct_lung2.nii.gz").read_bytes())
+    (inputs / "chest_ct_lung2.nii.gz").write_bytes((DATA_ROOT / "sample_data/chest_ct/chest_ct_lung2.nii.gz").read_bytes())
     logs, out, publish = tmp_path / "logs", tmp_path / "out", tmp_path / "publish"
     command = cli("run", "--app", str(tiny.folder), "--input", str(inputs), "--output", str(out),
                   "--publish", str(publish), "--logs", str(logs), *(["--server", "local"] if server == "local" else []))

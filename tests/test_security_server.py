@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.errors import ConfigError, ServerError
 from clara_napari.core.model_repository import list_models, read_model_config
 from clara_napari.core.server import (GRPC_KEY_HEADER, KEY_HEADER, TEMP_PREFIX, EmbeddedServer, python_paths,
                                       remove_stale_workdirs)
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "sample_data" / "models"
+MODELS = DATA_ROOT / "sample_data" / "models"
 LUNG = "lung_air_density"
 
 PY_CONFIG = '''name: "{name}"

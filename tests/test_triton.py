@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import clara_napari as cn
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.apps import resolve_app
 from clara_napari.core.backends.local import LocalBackend
 from clara_napari.core.backends.triton import TransportOptions, TritonBackend, TritonModel, parse_address
@@ -24,7 +25,7 @@ from clara_napari.core.windows import sliding_window
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "sample_data" / "models"
+MODELS = DATA_ROOT / "sample_data" / "models"
 BRAIN = "deepbet_brain_t1"
 
 SLOW_MODEL = '''
@@ -71,7 +72,7 @@ def brain_input():
     app = resolve_app("brain_extraction_t1")
     from clara_napari.core.transforms import Sample
 
-    sample = Sample(image=cn.read_volume(ROOT / "sample_data/mr_t1/mr_t1_colin27.nii.gz"))
+    sample = Sample(image=cn.read_volume(DATA_ROOT / "sample_data/mr_t1/mr_t1_colin27.nii.gz"))
     for transform in app.config.pre_transforms:
         transform(sample)
     image = sample["image"]
@@ -273,7 +274,7 @@ def test_cli_embedded_and_named_server_agree(tmp_path, server, monkeypatch):
 
     inputs = tmp_path / "in"
     inputs.mkdir()
-    shutil.copy(ROOT / "sample_data/chest_ct/chest_ct_lung2.nii.gz", inputs)
+    shutil.copy(DATA_ROOT / "sample_data/chest_ct/chest_ct_lung2.nii.gz", inputs)
     assert main(["run", "--app", "lung_ct", "--input", str(inputs), "--output", str(tmp_path / "a"),
                  "--no-publish", "--logs", str(tmp_path / "logs")]) == 0
     monkeypatch.setenv("NVIDIA_CLARA_TRTISURI", f"127.0.0.1:{server.ports['http']}")
@@ -320,7 +321,7 @@ def test_parse_address_errors(text):
 
 def test_no_orphans_after_embedded_run(tmp_path):
     """segment() with the embedded server starts and stops it: nothing of it is left."""
-    volume = cn.read_volume(ROOT / "sample_data/mr_t1/mr_t1_colin27.nii.gz")
+    volume = cn.read_volume(DATA_ROOT / "sample_data/mr_t1/mr_t1_colin27.nii.gz")
     crop = volume.with_array(np.ascontiguousarray(volume.array[40:136, 60:156, 40:136]))
     before = set(os.listdir("/proc"))
     app = resolve_app("brain_extraction_t1")

@@ -1,16 +1,16 @@
 """Apps: folders holding a ``config_inference.json`` (+ ``config_render.json``, README, models).
 
 An app's model repository is its ``models/`` folder (or a link to one) when it has one, else the
-bundled ``sample_data/models``. Bundled apps live in the repository's ``config/`` folder (or,
-for a non-editable install, ``<prefix>/share/clara-napari/config``); ``CLARA_NAPARI_APPS`` may
-name more folders of apps (``:``-separated).
+bundled ``sample_data/models``. Bundled apps, sample volumes and models are package data under
+``clara_napari/data/`` (``config/`` and ``sample_data/``), found through :mod:`importlib.resources`,
+so they are there for editable, venv, ``--user`` and system installs alike; ``CLARA_NAPARI_APPS``
+may name more folders of apps (``:``-separated), searched first.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,21 +20,45 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 #: the configs an MMAR's ``config/`` folder may hold, in the order they are preferred
 MMAR_CONFIGS = ("config_inference.json", "config_validation.json")
 DEFAULT_APP = "brain_extraction_t1"
 
 
-def _data_roots() -> list[Path]:
-    return [PACKAGE_ROOT, Path(sys.prefix) / "share" / "clara-napari"]
+def data_root() -> Path:
+    """``clara_napari/data`` of the imported package (a real folder: the package is never zipped)."""
+    from importlib.resources import files
+
+    return Path(str(files("clara_napari") / "data"))
+
+
+#: the package's data folder (bundled apps in ``config/``, volumes and models in ``sample_data/``)
+DATA_ROOT = data_root()
 
 
 def sample_data_dir() -> Path:
-    for root in _data_roots():
-        if (root / "sample_data").is_dir():
-            return root / "sample_data"
-    return PACKAGE_ROOT / "sample_data"
+    return DATA_ROOT / "sample_data"
+
+
+def sample_path(key: str) -> Path:
+    """A bundled sample volume by key (``mr_t1``, ``chest_ct``) or its reference mask (``mr_t1_mask``)."""
+    try:
+        relative = SAMPLES[key]
+    except KeyError:
+        raise ConfigError(f"no sample {key!r} (samples: {', '.join(SAMPLES)}).") from None
+    path = sample_data_dir() / relative
+    if not path.is_file():
+        raise ConfigError(f"the bundled sample {key!r} is missing from this installation ({path}); "
+                          f"reinstall clara-napari.")
+    return path
+
+
+SAMPLES = {
+    "mr_t1": "mr_t1/mr_t1_colin27.nii.gz",
+    "mr_t1_mask": "reference/mr_t1_colin27_brain_mask.nii.gz",
+    "chest_ct": "chest_ct/chest_ct_lung2.nii.gz",
+    "chest_ct_tumour": "reference/chest_ct_lung2_tumour_label.nii.gz",
+}
 
 
 def bundled_model_repository() -> Path:
@@ -78,7 +102,7 @@ def refuse_python_models(repository: Path | None) -> None:
 
 def app_search_path() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("CLARA_NAPARI_APPS", "").split(os.pathsep) if p]
-    return extra + [root / "config" for root in _data_roots() if (root / "config").is_dir()]
+    return extra + [DATA_ROOT / "config"]
 
 
 @dataclass(frozen=True)

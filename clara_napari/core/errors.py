@@ -72,3 +72,7 @@ class DicomError(ClaraNapariError):
 
 class PacsError(ClaraNapariError):
     """A PACS cannot be reached, does not hold what was asked, or refuses a store (names the PACS)."""
+
+
+class UsageError(ClaraNapariError):
+    """A command-line or API argument that cannot work (a missing folder, conflicting options)."""

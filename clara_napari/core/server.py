@@ -116,6 +116,16 @@ class TritonPythonModel:
 '''
 
 
+def embedded_server_missing() -> str | None:
+    """Why the embedded server cannot run here (one sentence), or ``None`` when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is None:
+        return ("the embedded Triton server is not installed (pip install 'clara-napari[server]'; "
+                "Linux x86-64/aarch64 with glibc >= 2.35 only)")
+    return None
+
+
 def tritonserver_dir() -> Path:
     try:
         import pytriton

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelMismatchError
-from ..model_repository import ModelSpec, find_model
+from ..model_repository import ModelSpec, find_model, list_models
 from .base import pick_tensor
 
 
@@ -72,6 +72,21 @@ class LocalBackend:
             raise ConfigError(f"{spec.path}: the local backend runs ONNX models only, this one is {spec.runtime!r}.")
         return OnnxModel(spec, spec.model_file(version), threads=self.threads, input_name=input_name,
                          output_name=output_name)
+
+    def list_models(self, repository: Path | None = None) -> list[str]:
+        """The models of ``repository`` (default: the bundled one), as ``clara-napari models`` prints them."""
+        if repository is None:
+            from ..apps import bundled_model_repository
+
+            repository = bundled_model_repository()
+        rows = [f"local (in process) {repository}"]
+        for spec in list_models(repository):
+            runnable = spec.runtime in ("onnxruntime_onnx", "onnxruntime")
+            state = "READY" if runnable else f"UNAVAILABLE (the local backend cannot run {spec.runtime!r})"
+            rows.append(f"{spec.name:<28} version -    {state}  in "
+                        + ", ".join(t.describe() for t in spec.inputs) + "  out "
+                        + ", ".join(t.describe() for t in spec.outputs) + f"  max_batch {spec.max_batch_size}")
+        return rows
 
     def close(self) -> None:
         pass

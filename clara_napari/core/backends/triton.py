@@ -137,14 +137,19 @@ class TritonBackend:
         self.options = TransportOptions(**options)
         self.embedded = None
         self.address: Address | None = None
+        #: the in-process backend, when no server was named and the embedded one is not installed
+        self.fallback = None
 
     @property
     def description(self) -> str:
+        if self.fallback is not None:
+            return self.fallback.description
         where = "embedded Triton" if self.embedded is not None else "Triton"
         return f"{where} at {self.address}" if self.address else where
 
-    def resolve(self, inferer=None, repository: Path | None = None, model_name: str | None = None) -> Address:
-        if self.address is not None:
+    def resolve(self, inferer=None, repository: Path | None = None, model_name: str | None = None) -> Address | None:
+        """The server's address; ``None`` when the run falls back to the in-process backend."""
+        if self.address is not None or self.fallback is not None:
             return self.address
         protocol = self.options.protocol or (inferer.protocol.lower() if inferer is not None else None)
         target = self.server or (inferer.address if inferer is not None else None)
@@ -152,10 +157,18 @@ class TritonBackend:
             self.address = parse_address(target, protocol)
         else:
             from ..apps import bundled_model_repository, refuse_python_models
-            from ..server import EmbeddedServer
+            from ..server import EmbeddedServer, embedded_server_missing
 
             refuse_python_models(repository or (self.app.model_repository if self.app is not None else None))
             repo = repository or (self.app.model_repository if self.app is not None else bundled_model_repository())
+            missing = embedded_server_missing()
+            if missing:
+                from .local import LocalBackend
+
+                log.warning("%s: running the model in this process instead; name a Triton server with "
+                            "--server host:port (HTTP/gRPC, any platform) to use one.", missing)
+                self.fallback = LocalBackend(threads=self.threads)
+                return None
             wanted = [model_name] if model_name else None   # a run's server loads only its model
             self.embedded = EmbeddedServer(repo, threads=self.threads, models=wanted).start()
             port = self.embedded.ports["grpc" if protocol == "grpc" else "http"]
@@ -165,6 +178,9 @@ class TritonBackend:
     def open(self, repository: Path, model_name: str, *, input_name: str = "", output_name: str = "",
              version: str = "", inferer=None, model_loader=None) -> "TritonModel":
         address = self.resolve(inferer, repository, model_name)
+        if address is None:
+            return self.fallback.open(repository, model_name, input_name=input_name, output_name=output_name,
+                                      version=version)
         expected = read_model_config(model_loader.model_spec_file_name) if model_loader is not None else None
         in_flight = inferer.requests_in_flight if inferer is not None else 2
         timeout = self.options.timeout_s or (inferer.timeout_s if inferer is not None else 120.0)
@@ -175,6 +191,8 @@ class TritonBackend:
 
     def list_models(self, repository: Path | None = None) -> list[str]:
         address = self.resolve(None, repository)
+        if address is None:
+            return self.fallback.list_models(repository)
         return with_client(address, self.options, 30.0, functools.partial(self._list_models, address))
 
     def _list_models(self, address: Address, client) -> list[str]:

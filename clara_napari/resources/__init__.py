@@ -1,0 +1,1 @@
+"""Static resources of the plugin (the napari hub icon)."""
