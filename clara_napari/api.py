@@ -1,22 +1,30 @@
 """The notebook API: ``segment``, ``read_volume``, ``write_volume``."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .core.apps import App, resolve_app
 from .core.backends import open_backend
 from .core.pipeline import Segmentation, segment_volume
 from .core.progress import CancelToken, Progress
-from .core.volume import Volume, read_volume, write_volume
+from .core.volume import Volume, check_voxels, read_volume, write_volume
 
 __all__ = ["segment", "run_app", "read_volume", "write_volume", "Volume"]
+
+log = logging.getLogger(__name__)
 
 
 def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
             progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
-            **server_options) -> Segmentation:
-    """Run an app on one volume and return the full :class:`Segmentation` (all writers' outputs, timings)."""
-    volume = volume_or_path if isinstance(volume_or_path, Volume) else read_volume(volume_or_path)
+            strict: bool = False, **server_options) -> Segmentation:
+    """Run an app on one volume and return the full :class:`Segmentation` (all writers' outputs, timings).
+
+    An in-memory volume gets the same voxel checks as a file. What does not match the app's
+    expectations is logged as a warning and listed in ``.warnings`` (``strict=True``: raised as
+    :class:`~clara_napari.core.errors.ImplausibleError`); ``.volumes_ml`` gives ml per label.
+    """
+    volume = check_voxels(volume_or_path) if isinstance(volume_or_path, Volume) else read_volume(volume_or_path)
     app = app if isinstance(app, App) else resolve_app(app)
     config = app.config
     backend = open_backend(server, threads=threads, app=app, **server_options)
@@ -25,21 +33,25 @@ def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
                              output_name=config.inferer.output_name, version=config.inferer.model_version,
                              inferer=config.inferer, model_loader=config.model_loader)
         try:
-            return segment_volume(volume, config, model, progress=progress, cancel=cancel)
+            segmentation = segment_volume(volume, config, model, progress=progress, cancel=cancel, strict=strict)
         finally:
             model.close()
     finally:
         backend.close()
+    for finding in segmentation.warnings:
+        log.warning("%s: %s", volume.path or "in-memory volume", finding)
+    return segmentation
 
 
 def segment(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
             progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
-            **server_options) -> Volume:
+            strict: bool = False, **server_options) -> Volume:
     """Segment a volume (or a path) with an app and return the label :class:`Volume`.
 
     ``server``: ``"local"`` (onnxruntime in process), a Triton address, or ``None`` for the
     default (``$NVIDIA_CLARA_TRTISURI``, else an embedded Triton server). The labels have the
-    input's size, spacing, origin and direction exactly.
+    input's size, spacing, origin and direction exactly. ``strict=True``: a volume or result that
+    is not what the app expects raises :class:`~clara_napari.core.errors.ImplausibleError`.
     """
     return run_app(volume_or_path, app, server=server, progress=progress, cancel=cancel, threads=threads,
-                   **server_options).labels
+                   strict=strict, **server_options).labels

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="config.meta form: 'meta' (density/seg_masks, the operator's) or 'data' (newer)")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     run.add_argument("--first-only", action="store_true", help="process only the first volume (the original's habit)")
+    run.add_argument("--strict", action="store_true",
+                     help="a volume that is not what the app expects (modality, intensities, result volume per "
+                          "label) fails: exit 1, nothing written for it (default: a WARNING on its result line)")
     _add_server_args(run)
 
     apps = sub.add_parser("apps", help="list the bundled apps")
@@ -224,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         publish=None if args.no_publish else _folder(args, "publish"), logs=_folder(args, "logs"),
         server=args.server or os.environ.get("NVIDIA_CLARA_TRTISURI"), overwrite=args.overwrite,
         first_only=args.first_only, threads=args.threads, publish_format=args.publish_format,
-        server_options=_server_options(args))
+        server_options=_server_options(args), strict=args.strict)
     log_file = _setup_run_logging(options.logs, app)
     log.info("app %s (%s), model %s, input %s", app.name, app.config_path, config.model_name, options.input)
     cancel = CancelToken()
@@ -240,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         nonlocal failures
         if result.ok:
             print(result.message)
-            log.info(result.message, extra={"printed": True})
+            log.log(logging.WARNING if result.warnings else logging.INFO, result.message, extra={"printed": True})
         else:
             failures += 1
             print(f"FAILED {result.message}", file=sys.stderr)

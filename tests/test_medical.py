@@ -69,3 +69,197 @@ def test_brain_app_dice_at_other_resolutions(t1, t1_mask, brain_app, spacing):
           f"(reference {ref_ml:.0f} ml), {seconds:.1f} s")
     assert score >= 0.92
     assert abs(ml - ref_ml) <= 0.20 * ref_ml   # the network labels ~12 % more than the reference at 1 mm
+
+
+# -- 2. each app states what it expects; implausible runs are said, or refused in strict mode --
+from clara_napari.cli import main  # noqa: E402
+from clara_napari.core.config import parse_config  # noqa: E402
+from clara_napari.core.errors import ConfigError, ImplausibleError, VolumeError  # noqa: E402
+from clara_napari.core.expectations import (check_input, check_output, dicom_modality,  # noqa: E402
+                                            label_volumes_ml)
+
+from conftest import bundled_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def chest_ct(chest_ct_path) -> Volume:
+    return read_volume(chest_ct_path)
+
+
+@pytest.fixture(scope="module")
+def lung_app(model_repository):
+    return resolve_app("lung_ct")
+
+
+def write_dicom(folder, volume: Volume, modality: str, description: str, uid: str = "1.2.826.0.1.3680043.2.1125.15"):
+    """``volume`` (axis-aligned) as a DICOM series with the given Modality and SeriesDescription."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    source = volume.to_sitk()
+    for k in range(volume.size[2]):
+        plane = sitk.Cast(source[:, :, k], sitk.sitkInt16)
+        position = source.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {"0008|0060": modality, "0008|103e": description, "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+                "0008|0018": f"{uid}.{k + 1}", "0020|000d": f"{uid}.0", "0020|000e": uid,
+                "0020|0032": "\\".join(repr(float(v)) for v in position), "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0028|0030": f"{volume.spacing[1]}\\{volume.spacing[0]}", "0018|0050": str(volume.spacing[2]),
+                "0020|0013": str(k + 1)}
+        for key, value in tags.items():
+            plane.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(plane)
+    return folder
+
+
+def axis_aligned(volume: Volume, z: slice, y: slice, x: slice) -> Volume:
+    return Volume(np.ascontiguousarray(volume.array[z, y, x]), spacing=volume.spacing, origin=(0.0, 0.0, 0.0))
+
+
+def test_bundled_apps_state_their_expectations():
+    brain, lung = resolve_app("brain_extraction_t1").config, resolve_app("lung_ct").config
+    assert brain.expectations.modality == ["MR"] and lung.expectations.modality == ["CT"]
+    assert brain.expectations.labels["1"].min_ml > 0 and lung.expectations.labels["1"].max_ml > 0
+    assert brain.expectations.intensity.p1 == (-100.0, None)
+
+
+@pytest.mark.parametrize("expectations, path", [
+    ({"modality": ["mr"]}, "expectations.modality"),
+    ({"modality": "MR"}, "expectations.modality"),
+    ({"intensity": {"p1": [5, 1]}}, "expectations.intensity.p1"),
+    ({"intensity": {"p50": [0, 1]}}, "expectations.intensity.p50"),
+    ({"labels": {"1": {"min_ml": 10, "max_ml": 5}}}, "expectations.labels.1"),
+    ({"labels": {"one": {"min_ml": 1}}}, "expectations.labels"),
+    ({"labels": {"1": {"min_ml": -1}}}, "expectations.labels.1.min_ml"),
+    ({"colour": "red"}, "expectations.colour"),
+    ([1, 2], "expectations"),
+])
+def test_bad_expectations_name_their_json_path(expectations, path):
+    config = bundled_config()
+    config["expectations"] = expectations
+    with pytest.raises(ConfigError) as info:
+        parse_config(config, file="app.json", placeholders={"MODEL_REPOSITORY": "/models"})
+    assert info.value.json_path == path, str(info.value)
+    assert str(info.value).startswith("app.json: expectations")
+
+
+def test_dicom_modality_and_series_description_are_kept_and_used(tmp_path, chest_ct, t1):
+    brain = resolve_app("brain_extraction_t1").config.expectations
+    ct = read_volume(write_dicom(tmp_path / "ct", axis_aligned(chest_ct, slice(20, 26), slice(200, 264), slice(200, 264)),
+                                 "CT", "CHEST 5mm"))
+    assert dicom_modality(ct.metadata) == "CT" and ct.metadata["0008|103e"].strip() == "CHEST 5mm"
+    findings = check_input(ct, brain)
+    assert any("the modality is CT, a T1-weighted MRI of the head is MR" in f for f in findings), findings
+    flair = read_volume(write_dicom(tmp_path / "flair", axis_aligned(t1, slice(80, 86), slice(80, 144), slice(60, 124)),
+                                    "MR", "AX T2 FLAIR"))
+    findings = check_input(flair, brain)
+    assert findings == ["input: the series description 'AX T2 FLAIR' names T2, not a T1-weighted MRI of the head."]
+    t1_dicom = read_volume(write_dicom(tmp_path / "t1", axis_aligned(t1, slice(80, 86), slice(80, 144), slice(60, 124)),
+                                       "MR", "SAG T1 MPRAGE"))
+    assert check_input(t1_dicom, brain) == []
+
+
+def test_label_volumes_and_output_findings(t1):
+    labels = Volume(np.zeros((10, 10, 10), np.uint8), spacing=(2.0, 2.0, 2.5))
+    labels.array[:4] = 1            # 400 voxels of 10 ul
+    labels.array[9, 9, 9] = 7       # a value the app does not name
+    volumes = label_volumes_ml(labels, {1: "brain", 2: "csf"})
+    assert volumes == {"brain": pytest.approx(4.0), "csf": 0.0, "label 7": pytest.approx(0.01)}
+    brain = resolve_app("brain_extraction_t1").config.expectations
+    assert check_output({"brain": 1737.0}, {1: "brain"}, brain) == []
+    assert check_output({"brain": 18561.0}, {1: "brain"}, brain) == [
+        "result: brain is 18561 ml, where 700 to 2300 ml is plausible for a T1-weighted MRI of the head."]
+    assert check_output({"brain": 0.0}, {1: "brain"}, None) == []
+
+
+def test_constant_input_is_a_finding_for_every_app(t1):
+    zero = t1.with_array(np.zeros_like(t1.array))
+    assert check_input(zero, None) == ["input: every voxel is 0; the volume holds no image."]
+    assert check_input(t1, None) == []
+
+
+def run_cli(tmp_path, app: str, source, *extra):
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    code = main(["run", "--app", app, "--input", str(source), "--output", str(out), "--logs", str(logs),
+                 "--no-publish", "--server", "local", "--threads", "2", *extra])
+    return code, out, logs
+
+
+@pytest.mark.slow
+def test_t1_through_the_lung_app_warns_and_strict_refuses(tmp_path, mr_t1_path, capsys, restore_root_logging):
+    code, out, logs = run_cli(tmp_path / "a", "lung_ct", mr_t1_path)
+    stdout = capsys.readouterr().out
+    print(stdout)
+    assert code == 0 and (out / "mr_t1_colin27.mhd").is_file()
+    line = stdout.splitlines()[0]
+    assert "lung 0 ml" in line
+    assert "WARNING: input: the 1st intensity percentile is 0, where a chest CT in Hounsfield units has at most -500." in line
+    assert "WARNING: result: lung is 0 ml, where 500 to 9000 ml is plausible" in line
+    log_text = "".join(p.read_text() for p in logs.iterdir())
+    assert "WARNING" in log_text and "lung is 0 ml" in log_text
+
+    code, out, _ = run_cli(tmp_path / "b", "lung_ct", mr_t1_path, "--strict")
+    captured = capsys.readouterr()
+    assert code == 1 and (not out.exists() or not any(out.iterdir()))
+    assert captured.err.startswith("FAILED ") and "refused (strict)" in captured.err
+
+
+def test_ct_through_the_brain_app_is_refused_in_strict_mode_before_inference(tmp_path, chest_ct_path, capsys,
+                                                                              restore_root_logging):
+    code, out, _ = run_cli(tmp_path, "brain_extraction_t1", chest_ct_path, "--strict")
+    captured = capsys.readouterr()
+    assert code == 1
+    assert not out.exists() or not any(out.iterdir())
+    assert "the 1st intensity percentile is -1013, where a T1-weighted MRI of the head has at least -100" in captured.err
+
+
+@pytest.mark.slow
+def test_ct_through_the_brain_app_warns(chest_ct, brain_app, caplog):
+    # a 200 x 200 x 20 mm piece of the chest (one 160^3 window at 1 mm) keeps the run short
+    piece = chest_ct.with_array(np.ascontiguousarray(chest_ct.array[20:40, 150:470, 100:420]))
+    with caplog.at_level("WARNING", logger="clara_napari.api"):
+        result = cn.run_app(piece, app=brain_app, server="local")
+    print(result.volumes_ml, result.warnings)
+    assert result.warnings[0].startswith("input: the 1st intensity percentile is -")
+    assert "where a T1-weighted MRI of the head has at least -100" in result.warnings[0]
+    assert set(result.volumes_ml) == {"brain"}
+    assert any("intensity percentile" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_all_zero_volume_warns_and_strict_refuses(brain_app):
+    zero = Volume(np.zeros((64, 64, 64), np.float32), spacing=(1.0, 1.0, 1.0))
+    result = cn.run_app(zero, app=brain_app, server="local")
+    print(result.volumes_ml, result.warnings)
+    assert result.warnings[0] == "input: every voxel is 0; the volume holds no image."
+    assert result.warnings[-1].startswith("result: brain is ")
+    with pytest.raises(ImplausibleError, match=r"the in-memory volume: refused \(strict\): input: every voxel is 0"):
+        cn.segment(zero, app=brain_app, server="local", strict=True)
+
+
+@pytest.mark.slow
+def test_the_bundled_t1_is_plausible_and_its_line_states_the_brain_volume(tmp_path, mr_t1_path, capsys,
+                                                                         restore_root_logging):
+    code, out, _ = run_cli(tmp_path, "brain_extraction_t1", mr_t1_path, "--strict")
+    line = capsys.readouterr().out.splitlines()[0]
+    assert code == 0 and (out / "mr_t1_colin27.mhd").is_file()
+    assert line.startswith("mr_t1_colin27.nii.gz: wrote mr_t1_colin27.mhd in ") and line.endswith("; brain 1937 ml")
+
+
+# -- 3. in-memory volumes get the readers' voxel checks ---------------------------------------
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_in_memory_non_finite_voxels_are_refused(t1, bad):
+    array = t1.array.astype(np.float32)
+    array[90, 100, 90] = bad
+    with pytest.raises(VolumeError, match=r"^the in-memory volume: 1 voxels are not finite"):
+        cn.segment(Volume(array, spacing=t1.spacing, origin=t1.origin, direction=t1.direction), app="brain_extraction_t1",
+                   server="local")
+
+
+def test_in_memory_volume_with_a_path_is_named_and_non_numbers_refused(t1, tmp_path):
+    array = t1.array.astype(np.float64)
+    array[0, 0, 0] = np.nan
+    with pytest.raises(VolumeError, match=r"^.*scan\.nii\.gz: 1 voxels are not finite"):
+        cn.run_app(Volume(array, path=tmp_path / "scan.nii.gz"), app="brain_extraction_t1", server="local")
+    with pytest.raises(VolumeError, match="the voxels are of type object, not numbers"):
+        cn.segment(Volume(t1.array.astype(object)), app="brain_extraction_t1", server="local")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from . import transforms as _transforms  # noqa: F401  (registers the transforms)
 from .components import INFERERS, MODEL_LOADERS, WRITERS, InfererSpec, TritonModelLoader, VolumeWriter, Writer
 from .errors import ConfigError
+from .expectations import Expectations, parse_expectations
 from .registry import Registry, load_plugins
 from .transforms import TRANSFORMS, Transform
 
@@ -27,7 +28,7 @@ TRAINING_KEYS = {"epochs", "learning_rate", "multi_gpu", "amp", "determinism", "
                  "dont_load_ckpt_model", "train", "validate", "label_transforms", "val_metrics",
                  "model", "loss", "optimizer", "lr_policy", "image_pipeline", "val_image_pipeline"}
 KNOWN_KEYS = {"batch_size", "use_scanning_window", "pre_transforms", "inferer", "model_loader",
-              "post_transforms", "writers", "labels"}
+              "post_transforms", "writers", "labels", "expectations"}
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
 
@@ -61,6 +62,8 @@ class InferenceConfig:
     use_scanning_window: bool = True
     labels: dict[int, LabelInfo] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: what the app expects of its input and result (checked on every run), if it says
+    expectations: Expectations | None = None
 
     @property
     def model_name(self) -> str:
@@ -130,11 +133,13 @@ def parse_config(raw: Any, *, file: str = "", placeholders: dict[str, str] | Non
     inferer = INFERERS.build(raw["inferer"], "inferer", file)
     loader = MODEL_LOADERS.build(raw["model_loader"], "model_loader", file) if raw.get("model_loader") is not None else None
     labels = _labels(raw.get("labels", {}), file)
+    expectations = parse_expectations(raw.get("expectations"), file)
     if not writers:
         writers = [VolumeWriter()]
     return InferenceConfig(file=Path(file) if file else Path("config_inference.json"), pre_transforms=pre,
                            inferer=inferer, post_transforms=post, writers=writers, model_loader=loader,
-                           batch_size=batch_size, use_scanning_window=scanning, labels=labels, skipped=skipped)
+                           batch_size=batch_size, use_scanning_window=scanning, labels=labels, skipped=skipped,
+                           expectations=expectations)
 
 
 def _build_list(raw: dict, key: str, registry: Registry, file: str, skipped: list[str]) -> list:

@@ -15,6 +15,7 @@ from typing import Callable
 from .apps import App
 from .backends import open_backend
 from .errors import Cancelled, ClaraNapariError, VolumeError
+from .expectations import format_volumes
 from .pipeline import Segmentation, segment_volume
 from .progress import CancelToken, Progress
 from .volume import find_volumes, looks_like_dicom_folder, read_volume, safe_stem, volume_stem
@@ -35,6 +36,8 @@ class RunOptions:
     threads: int | None = None
     publish_format: str = "meta"
     server_options: dict = field(default_factory=dict)
+    #: a volume that fails the app's expectations is an error (nothing written), not a warning
+    strict: bool = False
 
 
 @dataclass
@@ -45,6 +48,10 @@ class VolumeResult:
     seconds: float = 0.0
     outputs: list[Path] = field(default_factory=list)
     segmentation: Segmentation | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.segmentation.warnings if self.segmentation is not None else []
 
 
 def list_inputs(path: Path, first_only: bool = False) -> list[Path]:
@@ -106,7 +113,8 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
                 raise VolumeError(f"{target}: exists already (use --overwrite to replace it).")
         volume = read_volume(source)
         segmentation = segment_volume(volume, config, model, cancel=cancel,
-                                      progress=progress_for(source) if progress_for else None)
+                                      progress=progress_for(source) if progress_for else None,
+                                      strict=options.strict)
         written = []
         for (writer, out), target in zip(segmentation.outputs, targets):
             written.append(writer.write(out, target, overwrite=True, forbid=[source]))
@@ -119,8 +127,12 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
             written += write_publish_bundle(folder, segmentation, options.app,
                                             fmt=options.publish_format, overwrite=options.overwrite)
         seconds = time.perf_counter() - start
-        return VolumeResult(source, True, f"{source.name}: wrote {', '.join(p.name for p in written[:1])} "
-                            f"in {seconds:.1f} s", seconds, written, segmentation)
+        message = f"{source.name}: wrote {', '.join(p.name for p in written[:1])} in {seconds:.1f} s"
+        if segmentation.classification is None:
+            message += f"; {format_volumes(segmentation.volumes_ml)}"
+        if segmentation.warnings:   # the app's expectations failed: said on the line (strict made it an error)
+            message += ". WARNING: " + " WARNING: ".join(segmentation.warnings)
+        return VolumeResult(source, True, message, seconds, written, segmentation)
     except Cancelled:
         raise
     except ClaraNapariError as exc:
