@@ -263,3 +263,59 @@ def test_in_memory_volume_with_a_path_is_named_and_non_numbers_refused(t1, tmp_p
         cn.run_app(Volume(array, path=tmp_path / "scan.nii.gz"), app="brain_extraction_t1", server="local")
     with pytest.raises(VolumeError, match="the voxels are of type object, not numbers"):
         cn.segment(Volume(t1.array.astype(object)), app="brain_extraction_t1", server="local")
+
+
+# -- 4. test-time augmentation (mirroring) ------------------------------------------------------
+from clara_napari.core.windows import FunctionPredictor, mirror_combinations, sliding_window  # noqa: E402
+
+from conftest import brain_app as brain_app_with  # noqa: E402
+
+
+def test_mirror_combinations():
+    assert mirror_combinations([]) == [()]
+    assert mirror_combinations([0]) == [(), (0,)]
+    assert mirror_combinations([2, 0, 1]) == [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+
+
+def test_mirrored_windows_average_the_mirrored_back_predictions():
+    rng = np.random.default_rng(15)
+    image = rng.normal(size=(1, 20, 18, 16)).astype(np.float32)
+    ramp = np.linspace(0.0, 1.0, 12, dtype=np.float32)[:, None, None]   # position-dependent: not mirror-equivariant
+    calls = []
+
+    def fn(batch):
+        calls.append(batch.shape[0])
+        return np.concatenate([batch * ramp, batch ** 2], axis=1)
+
+    roi = (12, 12, 12)
+    plain = sliding_window(image, FunctionPredictor(fn), roi, overlap=0.5)
+    windows = len(calls)
+    calls.clear()
+    mirrored = sliding_window(image, FunctionPredictor(fn), roi, overlap=0.5, mirror_axes=(0, 2))
+    assert len(calls) == 4 * windows
+    # channel 1 (x^2) commutes with mirroring: unchanged; channel 0 is the mean of the 4 mirrored ramps
+    np.testing.assert_allclose(mirrored[1], plain[1], rtol=1e-6)
+    assert not np.allclose(mirrored[0], plain[0])
+    expected = sliding_window(image, FunctionPredictor(lambda b: b * ((ramp + ramp[::-1]) / 2)), roi, overlap=0.5)
+    np.testing.assert_allclose(mirrored[0], expected[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tta", ["flip", [3], [], [0, 0], True])
+def test_bad_tta_names_its_json_path(tta):
+    config = bundled_config()
+    config["inferer"]["args"]["tta"] = tta
+    with pytest.raises(ConfigError) as info:
+        parse_config(config, file="app.json", placeholders={"MODEL_REPOSITORY": "/models"})
+    assert info.value.json_path.startswith("inferer.args.tta"), str(info.value)
+
+
+@pytest.mark.slow
+def test_tta_left_right_on_the_bundled_t1(tmp_path, t1, t1_mask):
+    start = time.perf_counter()
+    labels = cn.segment(t1, app=brain_app_with(tmp_path / "lr", tta=[0]), server="local")
+    seconds = time.perf_counter() - start
+    score = dice(labels.array, t1_mask.array)
+    print(f"TTA left-right: Dice {score:.4f} in {seconds:.1f} s")
+    # measured: 0.9412 (0.9407 without TTA); mirroring all three axes gives 0.9315: deepbet never saw
+    # upside-down heads, so only the left-right mirror is worth its time (brain app README)
+    assert score >= 0.93

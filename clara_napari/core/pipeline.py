@@ -139,13 +139,15 @@ def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progr
         check_input_shape(model.spec, tensor, (image.shape[0], *roi), model.spec.name)
         return sliding_window(image, model, roi, overlap=inferer.overlap, blending=inferer.blending,
                               batch_size=batch_size, in_flight=inferer.requests_in_flight,
-                              pad_value=inferer.pad_value, progress=progress, cancel=cancel)
+                              pad_value=inferer.pad_value, progress=progress, cancel=cancel,
+                              mirror_axes=inferer.mirror_axes)
     multiple = inferer.pad_to_multiple if isinstance(inferer, SimpleInferer) else 1
     roi = [int(np.ceil(s / multiple) * multiple) for s in image.shape[1:]]
     check_input_shape(model.spec, tensor, (image.shape[0], *roi), model.spec.name)
     # one window of the whole (padded) volume: the engine pads, predicts once and crops
     return sliding_window(image, model, roi, overlap=0.0, blending="constant", batch_size=1,
-                          pad_value=inferer.pad_value, progress=progress, cancel=cancel)
+                          pad_value=inferer.pad_value, progress=progress, cancel=cancel,
+                          mirror_axes=inferer.mirror_axes)
 
 
 def is_classifier(config: InferenceConfig, model: ModelHandle) -> bool:
