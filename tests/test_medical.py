@@ -319,3 +319,28 @@ def test_tta_left_right_on_the_bundled_t1(tmp_path, t1, t1_mask):
     # measured: 0.9412 (0.9407 without TTA); mirroring all three axes gives 0.9315: deepbet never saw
     # upside-down heads, so only the left-right mirror is worth its time (brain app README)
     assert score >= 0.93
+
+
+# -- 5. a second, independent brain: the MNI152 template nilearn ships -------------------------
+@pytest.mark.slow
+def test_brain_app_on_the_mni152_template(tmp_path, brain_app):
+    """nilearn's wheel holds the ICBM152 2009a T1 template (1 mm, 197 x 233 x 189, uint8) already
+    skull-stripped; its brain mask is the template above 0.2 of its maximum. No download."""
+    pytest.importorskip("nilearn")
+    import nibabel as nib
+    from nilearn.datasets import load_mni152_brain_mask, struct
+
+    template = read_volume(struct.MNI152_FILE_PATH)
+    nib.save(load_mni152_brain_mask(), tmp_path / "mask.nii.gz")
+    mask = read_volume(tmp_path / "mask.nii.gz")
+    assert template.size == (197, 233, 189) and template.spacing == (1.0, 1.0, 1.0)
+    assert mask.same_grid(template)
+    start = time.perf_counter()
+    result = cn.run_app(template, app=brain_app, server="local")
+    seconds = time.perf_counter() - start
+    assert_same_geometry(result.labels, template)
+    score = dice(result.labels.array, mask.array)
+    print(f"MNI152: Dice {score:.4f}, brain {result.volumes_ml['brain']:.0f} ml "
+          f"(mask {mask.physical_volume_ml():.0f} ml), {seconds:.1f} s, warnings {result.warnings}")
+    assert score >= 0.93   # measured 0.958
+    assert result.warnings == []
