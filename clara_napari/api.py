@@ -24,6 +24,7 @@ def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
     expectations is logged as a warning and listed in ``.warnings`` (``strict=True``: raised as
     :class:`~clara_napari.core.errors.ImplausibleError`); ``.volumes_ml`` gives ml per label.
     """
+    # checked here too (segment_volume checks again) so that a bad volume fails before a server starts
     volume = check_voxels(volume_or_path) if isinstance(volume_or_path, Volume) else read_volume(volume_or_path)
     app = app if isinstance(app, App) else resolve_app(app)
     config = app.config

@@ -265,6 +265,23 @@ def test_in_memory_volume_with_a_path_is_named_and_non_numbers_refused(t1, tmp_p
         cn.segment(Volume(t1.array.astype(object)), app="brain_extraction_t1", server="local")
 
 
+def test_segment_volume_checks_in_memory_voxels_too(tmp_path):
+    """The napari panel hands layer data straight to segment_volume: the same refusal there."""
+    from clara_napari.core.pipeline import segment_volume
+
+    from conftest import threshold_model, write_app
+
+    array = np.ones((8, 9, 10), np.float32)
+    array[1, 2, 3] = np.inf
+    config = bundled_config()
+    config["inferer"]["args"]["roi_size"] = [32, 32, 32]
+    app = resolve_app(write_app(tmp_path / "app", config))
+    model = threshold_model(0.5)
+    with pytest.raises(VolumeError, match=r"^the in-memory volume: 1 voxels are not finite"):
+        segment_volume(Volume(array), app.config, model)
+    assert model.calls == 0
+
+
 # -- 4. test-time augmentation (mirroring) ------------------------------------------------------
 from clara_napari.core.windows import FunctionPredictor, mirror_combinations, sliding_window  # noqa: E402
 

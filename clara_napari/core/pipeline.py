@@ -25,7 +25,7 @@ from .geometry import Grid, onto_grid
 from .progress import CancelToken, Progress
 from .transforms import FieldMeta, Sample
 from .transforms.spatial import LoadNifti
-from .volume import Volume
+from .volume import Volume, check_voxels
 from .windows import sliding_window
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
     in ``Segmentation.warnings``, or raised as :class:`ImplausibleError` when ``strict``.
     """
     stage = stage or (lambda name: None)
+    check_voxels(volume)   # volumes made in memory (API, napari layers) get the readers' voxel checks
     findings = check_input(volume, config.expectations)
     _refuse(findings, volume, strict)
     timings: dict[str, float] = {}
