@@ -159,6 +159,12 @@ def test_dicom_modality_and_series_description_are_kept_and_used(tmp_path, chest
     assert check_input(t1_dicom, brain) == []
 
 
+def test_modality_from_dicom_tag_or_metaimage_field():
+    assert dicom_modality({"0008|0060": "MR "}) == "MR"
+    assert dicom_modality({"Modality": "MET_MOD_CT"}) == "CT"
+    assert dicom_modality({"Modality": "MET_MOD_UNKNOWN"}) == "" and dicom_modality({}) == ""
+
+
 def test_label_volumes_and_output_findings(t1):
     labels = Volume(np.zeros((10, 10, 10), np.uint8), spacing=(2.0, 2.0, 2.5))
     labels.array[:4] = 1            # 400 voxels of 10 ul

@@ -15,7 +15,7 @@ volume of each label::
 A segmentation network answers every question, also the wrong one (a chest CT through a brain
 app gives litres of "brain"); these checks turn such a run into findings: one sentence each,
 shown as warnings on the result line and in the log, or an :class:`ImplausibleError` in strict
-mode. The DICOM tags Modality (0008,0060) and SeriesDescription (0008,0103E) are used when the
+mode. The DICOM tags Modality (0008,0060) and SeriesDescription (0008,103E) are used when the
 volume carries them (the DICOM reader keeps every tag in ``Volume.metadata``).
 """
 from __future__ import annotations
@@ -87,8 +87,8 @@ class Expectations(BaseModel):
     @classmethod
     def _codes(cls, value):
         for code in value:
-            if not re.fullmatch(r"[A-Z]{2,4}", code):
-                raise ValueError(f"DICOM modality codes are 2-4 capital letters (CT, MR, PT), got {code!r}")
+            if not re.fullmatch(r"[A-Z][A-Z0-9]{1,15}", code):
+                raise ValueError(f"DICOM modality codes are capital letters (CT, MR, PT), got {code!r}")
         return value
 
     @field_validator("labels")
