@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from .core.apps import App, resolve_app
@@ -9,47 +10,58 @@ from .core.backends import open_backend
 from .core.pipeline import Segmentation, segment_volume
 from .core.progress import CancelToken, Progress
 from .core.resources import check_run_memory
-from .core.volume import Volume, read_volume, write_volume
+from .core.volume import Volume, check_voxels, read_volume, write_volume
 
 __all__ = ["segment", "run_app", "read_volume", "write_volume", "Volume"]
+
+log = logging.getLogger(__name__)
 
 
 def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
             progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
-            model: str | None = None, **server_options) -> Segmentation:
+            model: str | None = None, strict: bool = False, **server_options) -> Segmentation:
     """Run an app on one volume and return the full :class:`Segmentation` (all writers' outputs, timings).
 
     ``model`` names the Triton model serving the app instead of its inferer's ``model_name``
-    (e.g. for an MMAR, whose config names a model file).
+    (e.g. for an MMAR, whose config names a model file). An in-memory volume gets the same voxel
+    checks as a file. What does not match the app's expectations is logged as a warning and listed
+    in ``.warnings`` (``strict=True``: raised as :class:`~clara_napari.core.errors.ImplausibleError`);
+    ``.volumes_ml`` gives ml per label.
     """
     app = app if isinstance(app, App) else resolve_app(app)
     if model:
         app = dataclasses.replace(app, model=model)
     config = app.config
     config.require_model()
-    volume = volume_or_path if isinstance(volume_or_path, Volume) else read_volume(
+    # checked before a server starts (segment_volume checks again)
+    volume = check_voxels(volume_or_path) if isinstance(volume_or_path, Volume) else read_volume(
         volume_or_path, before_voxels=lambda header: check_run_memory(header, config))
     backend = open_backend(server, threads=threads, app=app, **server_options)
     try:
-        model = backend.open(app.model_repository, config.model_name, input_name=config.inferer.input_name,
-                             output_name=config.inferer.output_name, version=config.inferer.model_version,
-                             inferer=config.inferer, model_loader=config.model_loader)
+        handle = backend.open(app.model_repository, config.model_name, input_name=config.inferer.input_name,
+                              output_name=config.inferer.output_name, version=config.inferer.model_version,
+                              inferer=config.inferer, model_loader=config.model_loader)
         try:
-            return segment_volume(volume, config, model, progress=progress, cancel=cancel)
+            segmentation = segment_volume(volume, config, handle, progress=progress, cancel=cancel, strict=strict)
         finally:
-            model.close()
+            handle.close()
     finally:
         backend.close()
+    for finding in segmentation.warnings:
+        log.warning("%s: %s", volume.path or "in-memory volume", finding)
+    return segmentation
 
 
 def segment(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
             progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
-            model: str | None = None, dicom_seg: str | Path | None = None, **server_options) -> Volume:
+            model: str | None = None, dicom_seg: str | Path | None = None, strict: bool = False,
+            **server_options) -> Volume:
     """Segment a volume (or a path) with an app and return the label :class:`Volume`.
 
     ``server``: ``"local"`` (onnxruntime in process), a Triton address, or ``None`` for the
     default (``$NVIDIA_CLARA_TRTISURI``, else an embedded Triton server). The labels have the
-    input's size, spacing, origin and direction exactly.
+    input's size, spacing, origin and direction exactly. ``strict=True``: a volume or result that
+    is not what the app expects raises :class:`~clara_napari.core.errors.ImplausibleError`.
 
     ``dicom_seg``: for a DICOM series input, also write a DICOM SEG there (a folder gets
     ``<name>.seg.dcm``); any other input is refused before inferring.
@@ -60,7 +72,7 @@ def segment(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
         require_dicom_source(volume_or_path.path if isinstance(volume_or_path, Volume) else volume_or_path, "dicom_seg")
     app = app if isinstance(app, App) else resolve_app(app)
     segmentation = run_app(volume_or_path, app, server=server, progress=progress, cancel=cancel, threads=threads,
-                           model=model, **server_options)
+                           model=model, strict=strict, **server_options)
     if dicom_seg is not None:
         from .core.dicom.seg import SEG_SUFFIX, seg_path
         from .core.dicom.writer import write_app_seg

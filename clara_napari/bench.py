@@ -139,7 +139,7 @@ def prepare_job(workload: Workload, threads: int) -> Job:
     from .core.backends.base import fixed_window
     from .core.model_repository import find_model
     from .core.transforms import Sample
-    from .core.transforms.spatial import LoadNifti, ScaleByResolution
+    from .core.transforms.spatial import LoadNifti, ScaleByFactor, ScaleByResolution, ScaleBySpacing, ScaleToShape
     from .core.volume import read_volume
 
     app = resolve_app(workload.app)
@@ -148,6 +148,9 @@ def prepare_job(workload: Workload, threads: int) -> Job:
     volume = read_volume(sample_data_dir() / workload.input)
     transforms = list(config.pre_transforms)
     if workload.resample_mm:
+        # the workload's grid replaces the app's own resampling (the brain app brings every input to 1 mm)
+        transforms = [t for t in transforms if not isinstance(t, (ScaleByResolution, ScaleBySpacing, ScaleByFactor,
+                                                                  ScaleToShape))]
         at = next((i + 1 for i, t in enumerate(transforms) if type(t).__name__ == "ConvertToChannelsFirst"), 0)
         transforms.insert(at, ScaleByResolution(fields=["image"], target_resolution=[workload.resample_mm] * 3))
     sample = Sample(image=volume)

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .dicom_cli import add_dicom_args
 
     add_dicom_args(run)
+    run.add_argument("--strict", action="store_true",
+                     help="a volume that is not what the app expects (modality, intensities, result volume per "
+                          "label) fails: exit 1, nothing written for it (default: a WARNING on its result line)")
     _add_server_args(run)
 
     sample = sub.add_parser("sample", help="the main job on the bundled sample: segment the brain of the T1 MRI "
@@ -319,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         publish=None if args.no_publish else _folder(args, "publish"), logs=_folder(args, "logs"),
         server=args.server or os.environ.get("NVIDIA_CLARA_TRTISURI"), overwrite=args.overwrite,
         first_only=args.first_only, threads=args.threads, publish_format=args.publish_format,
-        server_options=_server_options(args))
+        server_options=_server_options(args), strict=args.strict)
     check_run_folders(options)  # no output, publish or logs folder in the input: refused before anything
     log_file = _setup_run_logging(options.logs, app)
     log.info("app %s (%s, a %s config), model %s, input %s", app.name, app.config_path, config.format,
@@ -336,7 +339,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         message = mask(result.message)
         if result.ok:
             print(message)
-            log.info(message, extra={"printed": True})
+            log.log(logging.WARNING if result.warnings else logging.INFO, message, extra={"printed": True})
         else:
             failures += 1
             print(f"FAILED {message}", file=sys.stderr)

@@ -91,7 +91,9 @@ def test_mmar_ckpt_dir_is_known_without_an_environment(tmp_path):
 def test_no_model_anywhere_is_refused_before_any_work(tmp_path, monkeypatch, capsys, restore_root_logging):
     folder = mmar(tmp_path)
     out = tmp_path / "out"
-    code = main(["run", "--app", str(folder), "--server", "local", "--input", str(tmp_path), "--output", str(out),
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    code = main(["run", "--app", str(folder), "--server", "local", "--input", str(inputs), "--output", str(out),
                  "--no-publish", "--logs", str(tmp_path / "logs")])
     err = capsys.readouterr().err
     assert code == 2 and "inferer.args.model_name" in err and "--model NAME" in err and "FrozenGraphModelLoader" in err

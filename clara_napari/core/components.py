@@ -37,6 +37,23 @@ class InfererSpec(Component):
     input_name: str = ""
     output_name: str = ""
     pad_value: float = 0.0
+    #: test-time augmentation: "none", "mirror" (every combination of the x, y, z axes: 8
+    #: predictions per window) or a list of axes to mirror [0 = x, 1 = y, 2 = z]
+    tta: Literal["none", "mirror"] | list[int] = "none"
+
+    @field_validator("tta")
+    @classmethod
+    def _axes(cls, value):
+        if isinstance(value, list) and (not value or len(set(value)) != len(value) or any(a not in (0, 1, 2) for a in value)):
+            raise ValueError("needs \"none\", \"mirror\" or a list of distinct axes from 0 (x), 1 (y), 2 (z)")
+        return value
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        """The spatial axes test-time augmentation mirrors (empty: none)."""
+        if self.tta == "none":
+            return ()
+        return (0, 1, 2) if self.tta == "mirror" else tuple(self.tta)
 
     @property
     def host(self) -> str | None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from . import transforms as _transforms  # noqa: F401  (registers the transforms)
 from .components import INFERERS, MODEL_LOADERS, WRITERS, InfererSpec, TritonModelLoader, VolumeWriter, Writer
 from .errors import ConfigError, ConfigProblems
+from .expectations import Expectations, parse_expectations
 from .registry import Registry, load_plugins
 from .transforms import TRANSFORMS, Transform
 
@@ -28,7 +29,7 @@ TRAINING_KEYS = {"epochs", "learning_rate", "multi_gpu", "amp", "determinism", "
                  "model", "loss", "optimizer", "lr_policy", "image_pipeline", "val_image_pipeline",
                  "use_amp", "use_gpu", "dont_load_ts_model", "dont_load_ckpt_model", "val_interval", "ckpt_path"}
 KNOWN_KEYS = {"batch_size", "use_scanning_window", "pre_transforms", "inferer", "model_loader",
-              "post_transforms", "writers", "labels"}
+              "post_transforms", "writers", "labels", "expectations"}
 #: the formats :func:`detect_format` tells apart
 CLARA3, CLARA4, AIAA = "Clara 3", "Clara 4 (MONAI-style)", "AIAA"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -74,6 +75,8 @@ class InferenceConfig:
     model_override: str = ""
     #: the data key the model's output is put under ("model" in Clara 3, "pred" in Clara 4)
     output_field: str = "model"
+    #: what the app expects of its input and result (checked on every run), if it says
+    expectations: Expectations | None = None
 
     @property
     def model_name(self) -> str:
@@ -214,6 +217,7 @@ def parse_config(raw: Any, *, file: str = "", placeholders: dict[str, str] | Non
     loader = _collect(problems, MODEL_LOADERS.build, raw["model_loader"], "model_loader", file) \
         if raw.get("model_loader") is not None else None
     labels = _collect(problems, _labels, raw.get("labels", {}), file) or {}
+    expectations = _collect(problems, parse_expectations, raw.get("expectations"), file)
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigProblems(problems, file=file, kind=fmt)
     source_model = ""
@@ -235,7 +239,7 @@ def parse_config(raw: Any, *, file: str = "", placeholders: dict[str, str] | Non
                            inferer=inferer, post_transforms=post, writers=writers, model_loader=loader,
                            batch_size=batch_size, use_scanning_window=scanning, labels=labels, skipped=skipped,
                            format=fmt, skipped_sections=skipped_sections, source_model=source_model,
-                           model_override=model or "", output_field=output_field)
+                           model_override=model or "", output_field=output_field, expectations=expectations)
 
 
 def _collect(problems: list[ConfigError], build, *args):

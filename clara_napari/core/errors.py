@@ -62,6 +62,10 @@ class ModelMismatchError(ServerError):
     """The model on the server does not match what the app or the data expect."""
 
 
+class ImplausibleError(ClaraNapariError):
+    """Strict mode: the input or the result is not what the app expects (names the volume and the check)."""
+
+
 class Cancelled(ClaraNapariError):
     """The user cancelled a running job."""
 

@@ -16,6 +16,7 @@ from .apps import App
 from .backends import open_backend
 from .atomic import Transaction, remove_stale_partials
 from .errors import Cancelled, ClaraNapariError, ConfigError, OutputError, VolumeError
+from .expectations import format_volumes
 from .output_plan import check_folders, companions, distinct_stems
 from .pipeline import Segmentation, segment_volume
 from .progress import CancelToken, Progress
@@ -40,6 +41,8 @@ class RunOptions:
     server_options: dict = field(default_factory=dict)
     #: also write ``<output>/<name>.seg.dcm`` (DICOM series inputs only)
     dicom_seg: bool = False
+    #: a volume that fails the app's expectations is an error (nothing written), not a warning
+    strict: bool = False
 
 
 @dataclass
@@ -50,6 +53,10 @@ class VolumeResult:
     seconds: float = 0.0
     outputs: list[Path] = field(default_factory=list)
     segmentation: Segmentation | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.segmentation.warnings if self.segmentation is not None else []
 
 
 def list_inputs(path: Path, first_only: bool = False) -> list[Path]:
@@ -194,7 +201,8 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
                 raise VolumeError(f"{target}: exists already (use --overwrite to replace it).")
         volume = read_volume(source, before_voxels=lambda header: check_run_memory(header, config, model))
         segmentation = segment_volume(volume, config, model, cancel=cancel,
-                                      progress=progress_for(source) if progress_for else None)
+                                      progress=progress_for(source) if progress_for else None,
+                                      strict=options.strict)
         # one volume's outputs and its publish bundle are staged, then put in place together:
         # all of them land or none does (and, without --overwrite, none replaces a file)
         with Transaction(overwrite=options.overwrite, forbid=[source]) as txn:
@@ -218,8 +226,12 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
                                                 overwrite=options.overwrite, name=stem, transaction=txn)
             txn.commit()
         seconds = time.perf_counter() - start
-        return VolumeResult(source, True, f"{source.name}: wrote {', '.join(p.name for p in written[:1])} "
-                            f"in {seconds:.1f} s", seconds, written, segmentation)
+        message = f"{source.name}: wrote {', '.join(p.name for p in written[:1])} in {seconds:.1f} s"
+        if segmentation.classification is None:
+            message += f"; {format_volumes(segmentation.volumes_ml)}"
+        if segmentation.warnings:   # the app's expectations failed: said on the line (strict made it an error)
+            message += ". WARNING: " + " WARNING: ".join(segmentation.warnings)
+        return VolumeResult(source, True, message, seconds, written, segmentation)
     except Cancelled:
         raise
     except ClaraNapariError as exc:

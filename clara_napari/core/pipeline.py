@@ -19,13 +19,14 @@ import numpy as np
 from .backends.base import ModelHandle, check_input_shape, fixed_window
 from .components import ClassificationResult, ClassificationWriter, SimpleInferer, Writer
 from .config import InferenceConfig
-from .errors import Cancelled, ConfigError
+from .errors import Cancelled, ConfigError, ImplausibleError
+from .expectations import check_input, check_output, label_volumes_ml
 from .geometry import Grid, onto_grid
 from .progress import CancelToken, Progress
 from .resources import check_inference
 from .transforms import FieldMeta, Sample
 from .transforms.spatial import LoadNifti
-from .volume import Volume
+from .volume import Volume, check_voxels
 from .windows import sliding_window
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)
     model: str = ""
     backend: str = ""
+    #: findings of the app's expectations (input and result), one sentence each; empty when plausible
+    warnings: list[str] = field(default_factory=list)
+    #: millilitres per label name of the label map (empty for classification apps)
+    volumes_ml: dict[str, float] = field(default_factory=dict)
 
     @property
     def labels(self) -> Volume:
@@ -59,9 +64,16 @@ class Segmentation:
 
 def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, *,
                    progress: Progress | None = None, cancel: CancelToken | None = None,
-                   stage: StageCallback | None = None) -> Segmentation:
-    """Run one app (``config``) with one model handle on ``volume``."""
+                   stage: StageCallback | None = None, strict: bool = False) -> Segmentation:
+    """Run one app (``config``) with one model handle on ``volume``.
+
+    The input and the result are checked against the app's expectations; what fails is listed
+    in ``Segmentation.warnings``, or raised as :class:`ImplausibleError` when ``strict``.
+    """
     stage = stage or (lambda name: None)
+    check_voxels(volume)   # volumes made in memory (API, napari layers) get the readers' voxel checks
+    findings = check_input(volume, config.expectations)
+    _refuse(findings, volume, strict)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -101,8 +113,17 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
     outputs = [(writer, _to_scores(sample, writer, config) if isinstance(writer, ClassificationWriter)
                  else _to_volume(sample, writer, volume)) for writer in config.writers]
     lap("restore_geometry")
+    labels = next((value for _, value in outputs if isinstance(value, Volume)), None)
+    volumes_ml = label_volumes_ml(labels, config.label_names()) if labels is not None else {}
+    findings += check_output(volumes_ml, config.label_names(), config.expectations)
+    _refuse(findings, volume, strict)
     return Segmentation(source=volume, outputs=outputs, timings=timings, model=model.spec.name,
-                        backend=model.description)
+                        backend=model.description, warnings=findings, volumes_ml=volumes_ml)
+
+
+def _refuse(findings: list[str], volume: Volume, strict: bool) -> None:
+    if strict and findings:
+        raise ImplausibleError(f"{volume.path or 'the in-memory volume'}: refused (strict): {' '.join(findings)}")
 
 
 def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progress: Progress | None,
@@ -138,13 +159,15 @@ def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progr
                         input_bytes=image.nbytes)
         return sliding_window(image, model, roi, overlap=inferer.overlap, blending=inferer.blending,
                               batch_size=batch_size, in_flight=inferer.requests_in_flight,
-                              pad_value=inferer.pad_value, progress=progress, cancel=cancel)
+                              pad_value=inferer.pad_value, progress=progress, cancel=cancel,
+                              mirror_axes=inferer.mirror_axes)
     multiple = inferer.pad_to_multiple if isinstance(inferer, SimpleInferer) else 1
     roi = [int(np.ceil(s / multiple) * multiple) for s in image.shape[1:]]
     check_input_shape(model.spec, tensor, (image.shape[0], *roi), model.spec.name)
     # one window of the whole (padded) volume: the engine pads, predicts once and crops
     return sliding_window(image, model, roi, overlap=0.0, blending="constant", batch_size=1,
-                          pad_value=inferer.pad_value, progress=progress, cancel=cancel)
+                          pad_value=inferer.pad_value, progress=progress, cancel=cancel,
+                          mirror_axes=inferer.mirror_axes)
 
 
 def is_classifier(config: InferenceConfig, model: ModelHandle) -> bool:

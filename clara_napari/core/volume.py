@@ -441,3 +441,18 @@ def looks_like_dicom_folder(folder: Path) -> bool:
             except OSError:
                 continue
     return False
+
+
+def check_voxels(volume: Volume) -> Volume:
+    """The voxel checks every reader applies (non-finite voxels…), for a volume made in memory.
+
+    Raises :class:`VolumeError` naming the volume's file, or "the in-memory volume"; returns the
+    volume unchanged.
+    """
+    if volume.array.dtype.kind not in "biuf":
+        raise VolumeError(f"{volume.path or 'the in-memory volume'}: the voxels are of type {volume.array.dtype}, "
+                          "not numbers.")
+    if volume.path is None:
+        _finish(dataclasses.replace(volume, path=Path("the in-memory volume")))
+        return volume
+    return _finish(volume)

@@ -145,8 +145,13 @@ def sliding_window(
     pad_value: float = 0.0,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
+    mirror_axes: Sequence[int] = (),
 ) -> np.ndarray:
     """Run ``predictor`` over ``image`` ``[C, *spatial]`` in windows and stitch ``[C_out, *spatial]``.
+
+    ``mirror_axes`` (spatial axes, 0 = the first after the channels): test-time augmentation,
+    each window is also predicted mirrored along every combination of these axes (2^k
+    predictions, as nnU-Net and MONAI do) and the mirrored-back predictions averaged.
 
     ``in_flight`` batches are kept running at once (in threads) so a remote server never waits
     while this side stitches; results are blended in order, so the output does not depend on it.
@@ -178,7 +183,8 @@ def sliding_window(
             yield chunk
 
     def run(chunk: list[tuple[slice, ...]]) -> np.ndarray:
-        return predictor.predict(_extract(image, plan, chunk, pad_value))
+        batch = _extract(image, plan, chunk, pad_value)
+        return _predict_mirrored(predictor, batch, mirror_axes) if mirror_axes else predictor.predict(batch)
 
     def stitch(chunk, result) -> None:
         nonlocal output, done
@@ -228,6 +234,32 @@ def sliding_window(
     _normalise(output, plan, weights_window)
     crop = tuple(slice(a, a + s) for (a, _), s in zip(plan.pad, plan.shape))
     return output[(slice(None),) + crop] if any(a or b for a, b in plan.pad) else output
+
+
+def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``axes`` (the empty one first): the mirrorings test-time augmentation predicts."""
+    axes = tuple(sorted(set(int(a) for a in axes)))
+    return [combo for k in range(len(axes) + 1) for combo in itertools.combinations(axes, k)]
+
+
+def _predict_mirrored(predictor: Predictor, batch: np.ndarray, axes: Sequence[int]) -> np.ndarray:
+    """The mean of the predictions of ``batch`` ``[N, C, *roi]`` mirrored along each combination of
+    spatial ``axes``, each mirrored back before adding."""
+    combos = mirror_combinations(axes)
+    total: np.ndarray | None = None
+    for combo in combos:
+        flip = tuple(2 + a for a in combo)
+        result = np.asarray(predictor.predict(np.ascontiguousarray(np.flip(batch, flip)) if flip else batch))
+        if result.ndim != batch.ndim or result.shape[0] != batch.shape[0] or result.shape[2:] != batch.shape[2:]:
+            return result   # the caller's shape check names the mismatch
+        result = np.flip(result, flip) if flip else result
+        if total is None:
+            total = result.astype(np.float32, copy=True)
+        else:
+            total += result
+    assert total is not None
+    total /= np.float32(len(combos))
+    return total
 
 
 #: voxels per slab when stitching and normalising (about 1 MB of float32: stays in the CPU caches)
