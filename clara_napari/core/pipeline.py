@@ -43,6 +43,9 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)
     model: str = ""
     backend: str = ""
+    #: the foreground score (the stitched model output before argmax, see :func:`foreground_score`) on the
+    #: input's grid as float32; only when asked for (``segment_volume(..., probabilities=True)``), else None
+    probabilities: Volume | None = None
 
     @property
     def labels(self) -> Volume:
@@ -59,8 +62,11 @@ class Segmentation:
 
 def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, *,
                    progress: Progress | None = None, cancel: CancelToken | None = None,
-                   stage: StageCallback | None = None) -> Segmentation:
-    """Run one app (``config``) with one model handle on ``volume``."""
+                   stage: StageCallback | None = None, probabilities: bool = False) -> Segmentation:
+    """Run one app (``config``) with one model handle on ``volume``.
+
+    ``probabilities``: also keep the foreground score on the input's grid (a float32 volume the size of
+    the input; off by default for memory)."""
     stage = stage or (lambda name: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -89,6 +95,7 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
     stage("inference")
     prediction = _infer(image, config, model, progress, cancel)
     sample.put(config.output_field, prediction, sample.meta["image"].copy(is_label=False))  # scores: [C] for classifiers
+    scores = _scores_volume(prediction, sample.meta["image"], volume) if probabilities and prediction.ndim == 4 else None
     lap("inference")
 
     # 3. post-transforms
@@ -102,7 +109,23 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
                  else _to_volume(sample, writer, volume)) for writer in config.writers]
     lap("restore_geometry")
     return Segmentation(source=volume, outputs=outputs, timings=timings, model=model.spec.name,
-                        backend=model.description)
+                        backend=model.description, probabilities=scores)
+
+
+def foreground_score(prediction: np.ndarray) -> np.ndarray:
+    """``[C, X, Y, Z]`` model output → ``[1, X, Y, Z]`` float32 score, as the model gave it (no activation
+    added): its only channel, else the largest of the non-background channels (1..C-1)."""
+    channels = prediction if prediction.shape[0] == 1 else prediction[1:]
+    return np.max(channels, axis=0, keepdims=True).astype(np.float32, copy=False)
+
+
+def _scores_volume(prediction: np.ndarray, meta: FieldMeta, source: Volume) -> Volume:
+    """The foreground score brought back onto the input's grid (linear resampling where the grids differ)."""
+    target = Grid.of(source)
+    array = onto_grid(foreground_score(prediction), meta.grid, target, is_label=False)
+    if tuple(array.shape[1:]) != target.size:
+        raise ConfigError("the model output could not be brought back to the input grid for its probabilities.")
+    return source.with_array(np.ascontiguousarray(array[0].transpose(2, 1, 0), dtype=np.float32), path=None)
 
 
 def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progress: Progress | None,
