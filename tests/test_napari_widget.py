@@ -175,7 +175,7 @@ def test_dead_server_gives_an_error_notification(make_napari_viewer, qtbot, crop
     wait_idle(qtbot, widget, timeout=60_000)
     assert widget.last_outcome.error is not None
     errors = [n for n in notification_manager.records[before:] if n.severity == NotificationSeverity.ERROR]
-    assert errors and "Triton Inference" in errors[-1].message and "not ready" in errors[-1].message
+    assert errors and "Triton Inference" in errors[-1].message and "connection refused" in errors[-1].message
     assert not [layer for layer in viewer.layers if isinstance(layer, Labels)]
     assert widget._run.text == "Run" and widget._status.value.startswith("failed")
 
@@ -193,7 +193,7 @@ def test_model_list_is_read_from_the_server(make_napari_viewer, qtbot, crop):
 def test_settings_persist_between_sessions(make_napari_viewer, settings_dir):
     viewer = make_napari_viewer()
     first = TritonInferenceWidget(viewer)
-    assert first._server.value == "embedded"
+    assert first._server.value == "auto"
     assert not (settings_dir / "napari_widget.json").exists()      # opening the panel changes nothing
     first._server.value = "grpc://localhost:8001"
     first._app.value = "lung_ct"
@@ -203,7 +203,7 @@ def test_settings_persist_between_sessions(make_napari_viewer, settings_dir):
     assert second._server.value == "grpc://localhost:8001" and second._app.value == "lung_ct"
     assert [s.value for s in second._roi] == [320, 320, 64]     # the lung app's window
     (settings_dir / "napari_widget.json").write_text("{not json")
-    assert TritonInferenceWidget(viewer)._server.value == "embedded"   # a broken file falls back to defaults
+    assert TritonInferenceWidget(viewer)._server.value == "auto"   # a broken file falls back to defaults
 
 
 def test_image_picker_follows_the_viewer_outside_a_dock(make_napari_viewer):
