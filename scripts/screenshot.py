@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "screenshot.png")
     parser.add_argument("--app", default="brain_extraction_t1")
     parser.add_argument("--runs", type=int, default=1, help="runs to time (the screenshot shows the last)")
+    parser.add_argument("--rerun", choices=["new layer", "replace (undoable)"], default="new layer",
+                        help="what the panel's re-runs do (its Advanced → re-run)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("CLARA_NAPARI_CONFIG_DIR", tempfile.mkdtemp(prefix="clara-napari-settings-"))
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.open_sample("clara-napari", "mr_t1")
     _, widget = viewer.window.add_plugin_dock_widget("clara-napari", "Triton Inference")
     widget._app.value = args.app
+    widget._rerun.value = args.rerun
     from clara_napari.napari._widget import WARM
 
     loop = QEventLoop()

@@ -25,6 +25,7 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 
 from clara_napari.core.volume import read_volume, write_volume  # noqa: E402
 from clara_napari.napari._geometry import KEY  # noqa: E402
+from clara_napari.napari._panel import REPLACE  # noqa: E402
 from clara_napari.napari._servers import SERVERS  # noqa: E402
 from clara_napari.napari._testing import StallMeter  # noqa: E402
 from clara_napari.napari._widget import CONFIG_FILE, TritonInferenceWidget  # noqa: E402
@@ -115,7 +116,9 @@ def test_widget_segments_the_sample_through_the_embedded_server(make_napari_view
     assert 0.15 < found.mean() and (found & brain).sum() / found.sum() > 0.9
     assert "embedded Triton" in widget._status.value and "deepbet_brain_t1" in widget._status.value
 
-    # a second run updates the same layer and reuses the running server (also after the layer list changed)
+    # a second run (re-run: replace) updates the same layer and reuses the running server (also after the
+    # layer list changed)
+    widget._rerun.value = REPLACE
     viewer.add_image(np.zeros((4, 5, 6), np.float32), name="another image")
     widget._image.value = image
     meter.start()
@@ -269,4 +272,4 @@ def test_auth_headers_and_a_server_that_comes_back(make_napari_viewer, qtbot, cr
         widget.run()   # ... and back: the widget recovers
         wait_idle(qtbot, widget)
         assert widget.last_outcome.error is None
-    assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 1
+    assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 2     # a new layer per good run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -281,11 +282,14 @@ class TritonInferenceWidget(Container):
         self._reference.changed.connect(self.update_measurements)
         self._measure.changed.connect(self.update_measurements)
         self._copy.changed.connect(self.copy_table)
-        # the keyboard shortcut: run on the selected image layer
-        run_selected = self.run_on_selected
+        # the keyboard shortcut: run on the selected image layer (weakly held: the viewer must not keep
+        # a closed panel, and its embedded server, alive)
+        run_selected = weakref.WeakMethod(self.run_on_selected)
 
         def on_key(_viewer) -> None:
-            run_selected()
+            method = run_selected()
+            if method is not None:
+                method()
 
         viewer.bind_key(RUN_KEY, on_key, overwrite=True)
 
