@@ -25,7 +25,7 @@ from napari.utils import progress as napari_progress
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QApplication, QLineEdit
+from qtpy.QtWidgets import QApplication, QLineEdit, QStyledItemDelegate
 from superqt import QCollapsible
 
 from ..core.apps import App, list_apps, resolve_app
@@ -248,6 +248,10 @@ class TritonInferenceWidget(Container):
         self._reference.tooltip = "a reference (ground truth) labels layer on the image's grid"
         self._table = Table(value={name: [] for name in ("label", "name", "voxels", "ml", "dice")})
         self._table.read_only = True
+        # the cells as written (magicgui's default delegate shows 1937455 voxels as 1.937e+06)
+        self._table.native.setItemDelegate(QStyledItemDelegate(self._table.native))
+        self._table.native.verticalHeader().setVisible(False)
+        self._table.native.setMaximumHeight(120)
         self._copy = PushButton(text="Copy table")
         self._measure = PushButton(text="↻ measure")
         self._measure.tooltip = "measure the result layer again (after edits)"
