@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         worst = sorted(meter.long_gaps, key=lambda g: -g[1])[:3]
         print("  longest gaps: " + "; ".join(f"{ms:.0f} ms at {at:.1f} s ({note})" for at, ms, note in worst))
     print(widget._status.value)
+    widget._measurements.expand(animate=False)      # show the table (after the timed runs)
     image = viewer.layers[0]
     viewer.dims.set_point(0, image.translate[0] + image.scale[0] * (image.data.shape[0] * 0.45))
     viewer.layers.selection = {viewer.layers[-1]}

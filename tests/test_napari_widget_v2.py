@@ -139,6 +139,7 @@ def test_measurements_table_and_csv_export(make_napari_viewer, qtbot, crop, tmp_
     assert row.dice == pytest.approx(dice(result.data == 1, reference.data == 1), rel=1e-12)
     assert widget._table.to_dict("list")["voxels"] == [str(voxels)]
     assert widget.copy_table() == to_csv(widget.measurements, delimiter="\t")
+    assert widget._measurements.text() == f"Measurements: 1 label(s), {row.ml:.1f} ml"
 
     # an edit, measured again, then exported with the bundle
     painted = paint_edit(result)
