@@ -45,7 +45,7 @@ from ._writer import layer_volume, smallest_label_dtype
 CONFIG_FILE = "config file…"
 PROTOCOLS = ("HTTP", "gRPC")
 #: runs the panel on the selected image layer
-RUN_KEY = "Control-Shift-T"
+RUN_KEY = "Control-Shift-I"
 NO_REFERENCE = "none"
 
 
