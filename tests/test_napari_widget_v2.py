@@ -120,6 +120,13 @@ def test_probability_layer_equals_the_api(make_napari_viewer, qtbot, crop):
     expected = run_app(read_volume(crop["path"]), str(crop["quick_app"]), server="local", probabilities=True)
     np.testing.assert_allclose(scores.data, expected.probabilities.array, rtol=0, atol=1e-5)
     assert np.array_equal(labels.data, expected.labels.array)
+    # a re-run that replaces updates the score layer too (no new layers)
+    widget._rerun.value = REPLACE
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert widget.last_outcome.error is None
+    assert [layer.name for layer in viewer.layers] == [image.name, labels.name, scores.name]
+    np.testing.assert_allclose(scores.data, expected.probabilities.array, rtol=0, atol=1e-5)
 
 
 def test_measurements_table_and_csv_export(make_napari_viewer, qtbot, crop, tmp_path):

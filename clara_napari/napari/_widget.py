@@ -187,6 +187,7 @@ class TritonInferenceWidget(Container):
         self._pbar = None
         self._started = 0.0
         self._results: dict[int, Labels] = {}           # id(image layer) → its latest Labels layer
+        self._scores: dict[int, Image] = {}             # id(image layer) → its latest probability layer
         self.measurements: list = []                    # the table's rows (_panel.Measurement)
         self._last: tuple[Image, Labels, App, str] | None = None
         self._server_info: ServerInfo | None = None
@@ -334,6 +335,7 @@ class TritonInferenceWidget(Container):
             value.events.name.connect(self._reset_images)
         if getattr(event, "type", "") == "removed" and value is not None:
             self._results.pop(id(value), None)
+            self._scores.pop(id(value), None)
             value.events.name.disconnect(self._reset_images)
         self._reset_images()
 
@@ -683,8 +685,15 @@ class TritonInferenceWidget(Container):
                 Labels(prepared["data"], opacity=0.5, **kwargs)
             self.viewer.layers.append(layer)
             self._results[id(source)] = layer
-        if prepared["probabilities"] is not None:
-            self.viewer.layers.append(prepared["probabilities"])
+        scores = prepared["probabilities"]
+        if scores is not None:
+            shown = self._scores.get(id(source))
+            if prepared["replace"] is not None and shown is not None and shown in self.viewer.layers:
+                shown.data = scores.data          # re-run in place: the score layer follows its labels
+                shown.contrast_limits = scores.contrast_limits
+            else:
+                self.viewer.layers.append(scores)
+                self._scores[id(source)] = scores
         self._last = (source, layer, app, segmentation.model)
         self._show_measurements(prepared["measurements"])
         seconds = time.perf_counter() - self._started
