@@ -19,8 +19,12 @@ log = logging.getLogger(__name__)
 
 def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = None, *, server: str | None = None,
             progress: Progress | None = None, cancel: CancelToken | None = None, threads: int | None = None,
-            model: str | None = None, strict: bool = False, **server_options) -> Segmentation:
+            model: str | None = None, strict: bool = False, probabilities: bool = False,
+            **server_options) -> Segmentation:
     """Run an app on one volume and return the full :class:`Segmentation` (all writers' outputs, timings).
+
+    ``probabilities=True`` also keeps ``.probabilities``: the foreground score (the stitched model output
+    before argmax) as a float32 volume on the input's grid (it costs 4 bytes a voxel; None otherwise).
 
     ``model`` names the Triton model serving the app instead of its inferer's ``model_name``
     (e.g. for an MMAR, whose config names a model file). An in-memory volume gets the same voxel
@@ -42,7 +46,8 @@ def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
                               output_name=config.inferer.output_name, version=config.inferer.model_version,
                               inferer=config.inferer, model_loader=config.model_loader)
         try:
-            segmentation = segment_volume(volume, config, handle, progress=progress, cancel=cancel, strict=strict)
+            segmentation = segment_volume(volume, config, handle, progress=progress, cancel=cancel, strict=strict,
+                                          probabilities=probabilities)
         finally:
             handle.close()
     finally:

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "screenshot.png")
     parser.add_argument("--app", default="brain_extraction_t1")
     parser.add_argument("--runs", type=int, default=1, help="runs to time (the screenshot shows the last)")
+    parser.add_argument("--rerun", choices=["new layer", "replace (undoable)"], default="new layer",
+                        help="what the panel's re-runs do (its Advanced → re-run)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("CLARA_NAPARI_CONFIG_DIR", tempfile.mkdtemp(prefix="clara-napari-settings-"))
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.open_sample("clara-napari", "mr_t1")
     _, widget = viewer.window.add_plugin_dock_widget("clara-napari", "Triton Inference")
     widget._app.value = args.app
+    widget._rerun.value = args.rerun
     from clara_napari.napari._widget import WARM
 
     loop = QEventLoop()
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         worst = sorted(meter.long_gaps, key=lambda g: -g[1])[:3]
         print("  longest gaps: " + "; ".join(f"{ms:.0f} ms at {at:.1f} s ({note})" for at, ms, note in worst))
     print(widget._status.value)
+    widget._measurements.expand(animate=False)      # show the table (after the timed runs)
     image = viewer.layers[0]
     viewer.dims.set_point(0, image.translate[0] + image.scale[0] * (image.data.shape[0] * 0.45))
     viewer.layers.selection = {viewer.layers[-1]}

@@ -25,6 +25,7 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 
 from clara_napari.core.volume import read_volume, write_volume  # noqa: E402
 from clara_napari.napari._geometry import KEY  # noqa: E402
+from clara_napari.napari._panel import REPLACE  # noqa: E402
 from clara_napari.napari._servers import SERVERS  # noqa: E402
 from clara_napari.napari._testing import StallMeter  # noqa: E402
 from clara_napari.napari._widget import CONFIG_FILE, TritonInferenceWidget  # noqa: E402
@@ -115,7 +116,9 @@ def test_widget_segments_the_sample_through_the_embedded_server(make_napari_view
     assert 0.15 < found.mean() and (found & brain).sum() / found.sum() > 0.9
     assert "embedded Triton" in widget._status.value and "deepbet_brain_t1" in widget._status.value
 
-    # a second run updates the same layer and reuses the running server (also after the layer list changed)
+    # a second run (re-run: replace) updates the same layer and reuses the running server (also after the
+    # layer list changed)
+    widget._rerun.value = REPLACE
     viewer.add_image(np.zeros((4, 5, 6), np.float32), name="another image")
     widget._image.value = image
     meter.start()
@@ -175,7 +178,7 @@ def test_dead_server_gives_an_error_notification(make_napari_viewer, qtbot, crop
     wait_idle(qtbot, widget, timeout=60_000)
     assert widget.last_outcome.error is not None
     errors = [n for n in notification_manager.records[before:] if n.severity == NotificationSeverity.ERROR]
-    assert errors and "Triton Inference" in errors[-1].message and "not ready" in errors[-1].message
+    assert errors and "Triton Inference" in errors[-1].message and "connection refused" in errors[-1].message
     assert not [layer for layer in viewer.layers if isinstance(layer, Labels)]
     assert widget._run.text == "Run" and widget._status.value.startswith("failed")
 
@@ -193,7 +196,7 @@ def test_model_list_is_read_from_the_server(make_napari_viewer, qtbot, crop):
 def test_settings_persist_between_sessions(make_napari_viewer, settings_dir):
     viewer = make_napari_viewer()
     first = TritonInferenceWidget(viewer)
-    assert first._server.value == "embedded"
+    assert first._server.value == "auto"
     assert not (settings_dir / "napari_widget.json").exists()      # opening the panel changes nothing
     first._server.value = "grpc://localhost:8001"
     first._app.value = "lung_ct"
@@ -203,7 +206,7 @@ def test_settings_persist_between_sessions(make_napari_viewer, settings_dir):
     assert second._server.value == "grpc://localhost:8001" and second._app.value == "lung_ct"
     assert [s.value for s in second._roi] == [320, 320, 64]     # the lung app's window
     (settings_dir / "napari_widget.json").write_text("{not json")
-    assert TritonInferenceWidget(viewer)._server.value == "embedded"   # a broken file falls back to defaults
+    assert TritonInferenceWidget(viewer)._server.value == "auto"   # a broken file falls back to defaults
 
 
 def test_image_picker_follows_the_viewer_outside_a_dock(make_napari_viewer):
@@ -269,4 +272,4 @@ def test_auth_headers_and_a_server_that_comes_back(make_napari_viewer, qtbot, cr
         widget.run()   # ... and back: the widget recovers
         wait_idle(qtbot, widget)
         assert widget.last_outcome.error is None
-    assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 1
+    assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 2     # a new layer per good run

@@ -48,6 +48,9 @@ class Segmentation:
     warnings: list[str] = field(default_factory=list)
     #: millilitres per label name of the label map (empty for classification apps)
     volumes_ml: dict[str, float] = field(default_factory=dict)
+    #: the foreground score (the stitched model output before argmax, see :func:`foreground_score`) on the
+    #: input's grid as float32; only when asked for (``segment_volume(..., probabilities=True)``), else None
+    probabilities: Volume | None = None
 
     @property
     def labels(self) -> Volume:
@@ -64,11 +67,14 @@ class Segmentation:
 
 def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, *,
                    progress: Progress | None = None, cancel: CancelToken | None = None,
-                   stage: StageCallback | None = None, strict: bool = False) -> Segmentation:
+                   stage: StageCallback | None = None, strict: bool = False,
+                   probabilities: bool = False) -> Segmentation:
     """Run one app (``config``) with one model handle on ``volume``.
 
     The input and the result are checked against the app's expectations; what fails is listed
     in ``Segmentation.warnings``, or raised as :class:`ImplausibleError` when ``strict``.
+    ``probabilities``: also keep the foreground score on the input's grid (a float32 volume the size
+    of the input; off by default for memory).
     """
     stage = stage or (lambda name: None)
     check_voxels(volume)   # volumes made in memory (API, napari layers) get the readers' voxel checks
@@ -101,6 +107,7 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
     stage("inference")
     prediction = _infer(image, config, model, progress, cancel)
     sample.put(config.output_field, prediction, sample.meta["image"].copy(is_label=False))  # scores: [C] for classifiers
+    scores = _scores_volume(prediction, sample.meta["image"], volume) if probabilities and prediction.ndim == 4 else None
     lap("inference")
 
     # 3. post-transforms
@@ -118,12 +125,28 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
     findings += check_output(volumes_ml, config.label_names(), config.expectations)
     _refuse(findings, volume, strict)
     return Segmentation(source=volume, outputs=outputs, timings=timings, model=model.spec.name,
-                        backend=model.description, warnings=findings, volumes_ml=volumes_ml)
+                        backend=model.description, warnings=findings, volumes_ml=volumes_ml, probabilities=scores)
 
 
 def _refuse(findings: list[str], volume: Volume, strict: bool) -> None:
     if strict and findings:
         raise ImplausibleError(f"{volume.path or 'the in-memory volume'}: refused (strict): {' '.join(findings)}")
+
+
+def foreground_score(prediction: np.ndarray) -> np.ndarray:
+    """``[C, X, Y, Z]`` model output → ``[1, X, Y, Z]`` float32 score, as the model gave it (no activation
+    added): its only channel, else the largest of the non-background channels (1..C-1)."""
+    channels = prediction if prediction.shape[0] == 1 else prediction[1:]
+    return np.max(channels, axis=0, keepdims=True).astype(np.float32, copy=False)
+
+
+def _scores_volume(prediction: np.ndarray, meta: FieldMeta, source: Volume) -> Volume:
+    """The foreground score brought back onto the input's grid (linear resampling where the grids differ)."""
+    target = Grid.of(source)
+    array = onto_grid(foreground_score(prediction), meta.grid, target, is_label=False)
+    if tuple(array.shape[1:]) != target.size:
+        raise ConfigError("the model output could not be brought back to the input grid for its probabilities.")
+    return source.with_array(np.ascontiguousarray(array[0].transpose(2, 1, 0), dtype=np.float32), path=None)
 
 
 def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progress: Progress | None,

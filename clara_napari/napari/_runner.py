@@ -16,13 +16,13 @@ from ..core.masking import parse_header_items
 from ..core.pipeline import Segmentation, segment_volume
 from ..core.progress import CancelToken
 from ..core.volume import Volume
+from ._panel import EMBEDDED, LOCAL, check_reachable, choose_server
 from ._servers import SERVERS, ServerPool
-
-EMBEDDED = "embedded"
 
 
 def is_embedded(server: str) -> bool:
-    return server.strip().lower() in ("", EMBEDDED)
+    """The field names the embedded server itself (``auto`` may too: see :func:`choose_server`)."""
+    return server.strip().lower() == EMBEDDED
 
 
 @dataclass
@@ -36,19 +36,27 @@ class ServerInfo:
 
     @property
     def where(self) -> str:
+        if self.address == LOCAL:
+            return "this machine (onnxruntime, in process)"
         host = parse_address(self.address).host
         return "this machine" if host in ("127.0.0.1", "localhost", "::1") else host
 
 
-def resolve_server(server: str, protocol: str, repository: Path, *, pool: ServerPool = SERVERS) -> tuple[str, str, str]:
-    """(address, description, version): the embedded server (started if needed) or the address typed."""
+def resolve_server(server: str, protocol: str, repository: Path, *, pool: ServerPool = SERVERS,
+                   inferer=None) -> tuple[str, str, str]:
+    """(address, description, version): ``local``, the embedded server (started if needed), or a Triton
+    address (the one typed, else as the CLI chooses: see :func:`choose_server`), refused at once when
+    nothing listens there."""
     protocol = protocol.lower()
-    if is_embedded(server):
+    choice = choose_server(server, protocol, inferer)
+    if choice.kind == LOCAL:
+        return LOCAL, choice.describe(), ""
+    if choice.kind == EMBEDDED:
         embedded = pool.embedded(repository)
         address = embedded.grpc_url if protocol == "grpc" else embedded.http_url
         return address, f"embedded Triton {embedded.version}".strip(), embedded.version
-    address = parse_address(server, protocol)
-    return str(address), f"Triton at {address}", ""
+    check_reachable(choice.address)
+    return choice.address, choice.describe(), ""
 
 
 def transport_options(headers: str = "", ssl_ca: str = "", ssl_cert: str = "", ssl_key: str = "") -> dict[str, Any]:
@@ -78,8 +86,12 @@ def read_models(address: str, *, ready_timeout_s: float = 15.0, transport: dict[
 
 
 def connect(server: str, protocol: str, repository: Path, *, ready_timeout_s: float = 15.0,
-            pool: ServerPool = SERVERS, transport: dict[str, Any] | None = None) -> ServerInfo:
-    address, description, version = resolve_server(server, protocol, repository, pool=pool)
+            pool: ServerPool = SERVERS, transport: dict[str, Any] | None = None, inferer=None) -> ServerInfo:
+    address, description, version = resolve_server(server, protocol, repository, pool=pool, inferer=inferer)
+    if address == LOCAL:
+        from ..core.model_repository import list_models
+
+        return ServerInfo(address, description, {spec.name: "local" for spec in list_models(repository)})
     models = read_models(address, ready_timeout_s=ready_timeout_s, transport=transport)
     return ServerInfo(address, description, models, version)
 
@@ -128,6 +140,8 @@ class Job:
     pool: ServerPool = SERVERS
     #: runs in the worker after the segmentation (e.g. builds the result layer off the GUI thread)
     prepare: Callable[[Segmentation], Any] | None = None
+    #: also keep the foreground score (Segmentation.probabilities)
+    probabilities: bool = False
 
 
 @dataclass
@@ -145,22 +159,30 @@ def run_job(job: Job) -> Outcome:
     stage = job.stage or (lambda name: None)
     info: ServerInfo | None = None
     try:
-        stage("starting the embedded Triton server" if is_embedded(job.server) else "connecting")
-        address, description, version = resolve_server(job.server, job.protocol, job.app.model_repository, pool=job.pool)
+        config = job.config
+        choice = choose_server(job.server, job.protocol, config.inferer)
+        stage({EMBEDDED: "starting the embedded Triton server", LOCAL: "loading the model in process"}.get(
+            choice.kind, f"connecting to {choice.address}"))
+        address, description, version = resolve_server(job.server, job.protocol, job.app.model_repository, pool=job.pool,
+                                                       inferer=config.inferer)
         info = ServerInfo(address, description, version=version)
         if job.cancel.cancelled:
             raise Cancelled("the inference was cancelled.")
         stage("opening the model")
-        backend = TritonBackend(address, ready_timeout_s=job.ready_timeout_s, **job.transport)
+        if address == LOCAL:
+            from ..core.backends import open_backend
+
+            backend = open_backend(LOCAL)
+        else:
+            backend = TritonBackend(address, ready_timeout_s=job.ready_timeout_s, **job.transport)
         try:
-            config = job.config
             model = backend.open(job.app.model_repository, config.model_name, input_name=config.inferer.input_name,
                                  output_name=config.inferer.output_name, version=config.inferer.model_version,
                                  inferer=config.inferer, model_loader=config.model_loader)
             try:
                 info.models = {config.model_name: "READY"}
                 segmentation = segment_volume(job.volume, config, model, progress=job.progress, cancel=job.cancel,
-                                              stage=stage)
+                                              stage=stage, probabilities=job.probabilities)
             finally:
                 model.close()
         finally:

@@ -16,7 +16,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FILE_NAME = "napari_widget.json"
-DEFAULTS: dict[str, Any] = {"server": "embedded", "protocol": "HTTP", "app": "", "app_file": "", "export_dir": ""}
+DEFAULTS: dict[str, Any] = {"server": "auto", "protocol": "HTTP", "app": "", "app_file": "", "export_dir": "",
+                            "rerun": "new layer", "probabilities": "no"}
 
 
 def config_dir() -> Path:

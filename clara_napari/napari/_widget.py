@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
-                              SpinBox)
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
+                              PushButton, SpinBox, Table)
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QApplication
+from qtpy.QtWidgets import QApplication, QLineEdit, QStyledItemDelegate
+from superqt import QCollapsible
 
 from ..core.apps import App, list_apps, resolve_app
 from ..core.components import ScanWindowInferer
@@ -32,7 +34,9 @@ from ..core.errors import ClaraNapariError
 from ..core.pipeline import Segmentation
 from ..core.volume import safe_stem, write_volume
 from ._geometry import AXIS_LABELS, KEY, UNITS, find_source_record, geometry_record, volume_to_layer
-from ._runner import (EMBEDDED, Job, Outcome, ServerInfo, configured, connect, is_embedded, run_job,
+from ._panel import (AUTO, LOCAL, NEW_LAYER, REPLACE, RERUN_CHOICES, SERVER_HELP, choose_server, measure,
+                     replacement, result_name, table_columns, to_csv)
+from ._runner import (Job, Outcome, ServerInfo, configured, connect, run_job,
                       transport_options)
 from ._servers import SERVERS
 from ._settings import DEFAULTS, load_settings, save_settings
@@ -40,6 +44,9 @@ from ._writer import layer_volume, smallest_label_dtype
 
 CONFIG_FILE = "config file…"
 PROTOCOLS = ("HTTP", "gRPC")
+#: runs the panel on the selected image layer
+RUN_KEY = "Control-Shift-I"
+NO_REFERENCE = "none"
 
 
 def layer_attributes(layer) -> dict[str, Any]:
@@ -179,7 +186,9 @@ class TritonInferenceWidget(Container):
         self._job: Job | None = None
         self._pbar = None
         self._started = 0.0
-        self._results: dict[int, Labels] = {}           # id(image layer) → its Labels layer
+        self._results: dict[int, Labels] = {}           # id(image layer) → its latest Labels layer
+        self._scores: dict[int, Image] = {}             # id(image layer) → its latest probability layer
+        self.measurements: list = []                    # the table's rows (_panel.Measurement)
         self._last: tuple[Image, Labels, App, str] | None = None
         self._server_info: ServerInfo | None = None
         # what the close hook and the worker's reports share (they must not hold self)
@@ -196,11 +205,12 @@ class TritonInferenceWidget(Container):
                              value=saved_app if saved_app in apps + [CONFIG_FILE] else (apps[0] if apps else CONFIG_FILE))
         self._app_file = FileEdit(label="config file", mode="r", filter="*.json",
                                   value=self._settings.get("app_file") or "")
-        self._server = LineEdit(label="server", value=self._settings.get("server") or EMBEDDED)
-        self._server.tooltip = "'embedded' (a Triton server started here), or host:port, http://host:port, grpc://host:port"
+        self._server = LineEdit(label="server", value=self._settings.get("server") or AUTO)
+        self._server.tooltip = SERVER_HELP
         self._protocol = ComboBox(label="protocol", choices=list(PROTOCOLS),
                                   value=self._settings.get("protocol") if self._settings.get("protocol") in PROTOCOLS else "HTTP")
         self._headers = LineEdit(label="headers", value="")
+        self._headers.native.setEchoMode(QLineEdit.EchoMode.Password)    # tokens are not shown
         self._headers.tooltip = "extra request headers, e.g. 'Authorization=Bearer TOKEN; x-key=value' (not saved)"
         self._ssl_ca = FileEdit(label="TLS CA file", mode="r", value="")
         self._ssl_ca.tooltip = "CA certificate for https:// and grpcs:// servers (optional)"
@@ -220,16 +230,49 @@ class TritonInferenceWidget(Container):
         self._overlap = FloatSpinBox(label="overlap", min=0.0, max=0.95, step=0.05, value=0.25)
         self._blending = ComboBox(label="blending", choices=["constant", "gaussian"], value="constant")
         self._in_flight = SpinBox(label="requests in flight", min=1, max=64, value=2)
+        self._rerun = ComboBox(label="re-run", choices=list(RERUN_CHOICES),
+                               value=self._settings.get("rerun") if self._settings.get("rerun") in RERUN_CHOICES else NEW_LAYER)
+        self._rerun.tooltip = ("what running again on an image with a result does: a new layer (the old one and its edits "
+                               "stay) or a replacement that Ctrl+Z undoes")
+        self._probabilities = CheckBox(label="probabilities", text="add a foreground-score layer",
+                                       value=self._settings.get("probabilities") == "yes")
+        self._probabilities.tooltip = "the stitched model output before argmax, on the image's grid (float32: 4 bytes a voxel)"
         self._run = PushButton(text="Run")
+        self._run.tooltip = f"run the app on the image ({RUN_KEY.replace('Control', 'Ctrl')} runs it on the selected image layer)"
         self._bar = ProgressBar(label="windows", min=0, max=1, value=0)
         self._status = Label(label="status", value="server not started")
         self._status.native.setWordWrap(True)
         self._export_dir = FileEdit(label="export to", mode="d", value=self._settings.get("export_dir") or "")
         self._export = PushButton(text="Export MHD + publish bundle")
-        self.extend([self._image, self._app, self._app_file, self._server, self._protocol, self._headers,
-                     self._ssl_ca, self._ssl_cert, self._ssl_key, model_row, roi_row,
-                     self._overlap, self._blending, self._in_flight, self._run, self._bar, self._status,
+        self._export.tooltip = "the labels as MHD, the publish bundle and the measurements as CSV"
+        self._reference = ComboBox(label="Dice vs", choices=self._reference_choices, nullable=False)
+        self._reference.tooltip = "a reference (ground truth) labels layer on the image's grid"
+        self._table = Table(value={name: [] for name in ("label", "name", "voxels", "ml", "dice")})
+        self._table.read_only = True
+        # the cells as written (magicgui's default delegate shows 1937455 voxels as 1.937e+06)
+        self._table.native.setItemDelegate(QStyledItemDelegate(self._table.native))
+        self._table.native.verticalHeader().setVisible(False)
+        self._table.native.setMaximumHeight(120)
+        self._copy = PushButton(text="Copy table")
+        self._measure = PushButton(text="↻ measure")
+        self._measure.tooltip = "measure the result layer again (after edits)"
+        buttons = Container(layout="horizontal", widgets=[self._measure, self._copy], labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.extend([self._image, self._app, self._app_file, self._server, self._run, self._bar, self._status,
                      self._export_dir, self._export])
+        # the rest in collapsible sections (superqt), below the essentials
+        advanced = Container(labels=True, widgets=[self._protocol, self._headers, self._ssl_ca, self._ssl_cert,
+                                                   self._ssl_key, model_row, roi_row, self._overlap, self._blending,
+                                                   self._in_flight, self._rerun, self._probabilities])
+        table = Container(labels=True, widgets=[self._reference, self._table, buttons])
+        self._advanced = QCollapsible("Advanced")
+        self._advanced.addWidget(advanced.native)
+        self._measurements = QCollapsible("Measurements")
+        self._measurements.addWidget(table.native)
+        self._sections = (advanced, table)        # keep the magicgui containers alive
+        layout = self.native.layout()
+        layout.insertWidget(layout.indexOf(self._export_dir.native.parentWidget()), self._measurements)
+        layout.insertWidget(layout.indexOf(self._export_dir.native.parentWidget()), self._advanced)
 
         self._app.changed.connect(self._on_app_changed)
         self._app_file.changed.connect(self._on_app_changed)
@@ -239,6 +282,21 @@ class TritonInferenceWidget(Container):
         self._refresh.changed.connect(self.refresh_models)
         self._run.changed.connect(self._on_run)
         self._export.changed.connect(self.export)
+        self._rerun.changed.connect(self._save_settings)
+        self._probabilities.changed.connect(self._save_settings)
+        self._reference.changed.connect(self.update_measurements)
+        self._measure.changed.connect(self.update_measurements)
+        self._copy.changed.connect(self.copy_table)
+        # the keyboard shortcut: run on the selected image layer (weakly held: the viewer must not keep
+        # a closed panel, and its embedded server, alive)
+        run_selected = weakref.WeakMethod(self.run_on_selected)
+
+        def on_key(_viewer) -> None:
+            method = run_selected()
+            if method is not None:
+                method()
+
+        viewer.bind_key(RUN_KEY, on_key, overwrite=True)
 
         # keep the image picker in sync with the viewer, docked or not
         for emitter in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved,
@@ -277,21 +335,28 @@ class TritonInferenceWidget(Container):
             value.events.name.connect(self._reset_images)
         if getattr(event, "type", "") == "removed" and value is not None:
             self._results.pop(id(value), None)
+            self._scores.pop(id(value), None)
             value.events.name.disconnect(self._reset_images)
         self._reset_images()
 
     def _reset_images(self, event=None) -> None:
         try:
             self._image.reset_choices()
+            self._reference.reset_choices()
         except RuntimeError:  # the Qt widget is gone (viewer closing)
             pass
+
+    def _reference_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        return [(NO_REFERENCE, None)] + [(layer.name, layer) for layer in self.viewer.layers
+                                         if isinstance(layer, Labels) and layer.ndim == 3]
 
     def _save_settings(self, *_args) -> None:
         if not getattr(self, "_ready", False):
             return
-        values = {"server": self._server.value.strip() or EMBEDDED, "protocol": self._protocol.value,
+        values = {"server": self._server.value.strip() or AUTO, "protocol": self._protocol.value,
                   "app": self._app.value, "app_file": str(self._app_file.value or ""),
-                  "export_dir": str(self._export_dir.value or "")}
+                  "export_dir": str(self._export_dir.value or ""), "rerun": self._rerun.value,
+                  "probabilities": "yes" if self._probabilities.value else "no"}
         if values["app_file"] in (".", ""):
             values["app_file"] = ""
         if values["export_dir"] in (".", ""):
@@ -348,8 +413,14 @@ class TritonInferenceWidget(Container):
     def _on_server_changed(self, *_args) -> None:
         self._server_info = None
         self._save_settings()
-        self._status.value = "server: embedded (started on first use)" if is_embedded(self._server.value) \
-            else f"server: {self._server.value.strip()} ({self._protocol.value})"
+        try:
+            inferer = self.current_app().config.inferer
+        except Exception:
+            inferer = None
+        try:
+            self._status.value = f"server: {choose_server(self._server.value, self._protocol.value, inferer).describe()}"
+        except ClaraNapariError as exc:
+            self._status.value = f"server: {exc}"
 
     # -- server -------------------------------------------------------------------------------
     def refresh_models(self, *_args):
@@ -359,10 +430,10 @@ class TritonInferenceWidget(Container):
         except Exception as exc:
             self._fail(exc)
             return None
-        self._status.value = "starting the embedded Triton server…" if is_embedded(self._server.value) \
-            else f"connecting to {self._server.value.strip()}…"
+        self._status.value = f"connecting ({self._server.value.strip() or AUTO})…"
         self._refresh.enabled = False
         server, protocol, timeout = self._server.value, self._protocol.value, self.ready_timeout_s  # read here, not in the worker
+        inferer = app.config.inferer
         try:
             transport = self.transport()
         except Exception as exc:
@@ -373,7 +444,7 @@ class TritonInferenceWidget(Container):
         def work():
             try:
                 return connect(server, protocol, app.model_repository, ready_timeout_s=timeout,
-                               transport=transport), None
+                               transport=transport, inferer=inferer), None
             except Exception as exc:
                 return None, exc
 
@@ -400,6 +471,8 @@ class TritonInferenceWidget(Container):
     def _server_line(self, info: ServerInfo, model: str | None) -> str:
         state = info.models.get(model or "", "not on the server") if info.models else ""
         where = "this machine (CPU, onnxruntime)" if info.description.startswith("embedded") else info.where
+        if info.address == LOCAL:
+            return f"{info.description} · model {model} · runs on {where}"
         return f"{info.description} ready at {info.address} · model {model} {state} · runs on {where}".replace("  ", " ")
 
     # -- run / cancel -------------------------------------------------------------------------
@@ -417,6 +490,17 @@ class TritonInferenceWidget(Container):
             self.cancel()
             return
         self.run()
+
+    @_alive
+    def run_on_selected(self):
+        """The keyboard shortcut: run on the viewer's selected image layer (else the panel's image)."""
+        layer = self.viewer.layers.selection.active
+        if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb:
+            self._image.value = layer
+        if self._worker is not None:
+            show_info("Triton Inference: a run is under way; Cancel it first.")
+            return None
+        return self.run()
 
     def run(self):
         """Start a run on the selected image (returns the worker, or None when nothing could start)."""
@@ -436,7 +520,8 @@ class TritonInferenceWidget(Container):
             return None
         self._job = Job(volume=volume, app=app, config=config, server=self._server.value, protocol=self._protocol.value,
                         ready_timeout_s=self.ready_timeout_s, transport=transport, progress=_reporter(self._bridge.progressed, self._life),
-                        stage=_reporter(self._bridge.staged, self._life), prepare=self._preparer(layer, app))
+                        stage=_reporter(self._bridge.staged, self._life), prepare=self._preparer(layer, app),
+                        probabilities=bool(self._probabilities.value))
         self._life["job"] = self._job
         self._source, self._run_app = layer, app
         self._started = time.perf_counter()
@@ -509,47 +594,70 @@ class TritonInferenceWidget(Container):
         message = _message(exc)
         try:
             self._status.value = f"failed: {message}"
+            self._status.tooltip = message        # the whole message, also when the panel is narrow
         except RuntimeError:
             pass
         show_error(f"Triton Inference: {message}")
 
     # -- result -------------------------------------------------------------------------------
     def _preparer(self, source: Image, app: App):
-        """A function for the worker thread: the result's layer data (and a new Labels layer, built there).
+        """A function for the worker thread: the result's layer data (and new layers, built there).
 
-        Building the layer off the GUI thread keeps its cost (features table, colormap) out of the
-        event loop; only inserting it into the viewer happens on the GUI thread.
+        Building the layers (labels, colormap, features, probabilities) and the measurements off the GUI
+        thread keeps their cost out of the event loop; only inserting them happens on the GUI thread.
+        A re-run makes a new layer named with the app and the time, or (re-run: replace) an undoable
+        replacement of the previous result's voxels, so painted edits are never lost.
         """
         attributes = layer_attributes(source)
         shape = np.shape(source.data)
         names, colors = app.config.label_names(), app.config.label_colors()
-        base_name = f"{source.name} labels"
         source_name = source.name
         transform = {"scale": np.array(source.scale), "translate": np.array(source.translate),
                      "rotate": np.array(source.rotate), "affine": source.affine.affine_matrix.copy()}
         existing = self._results.get(id(source))
-        build = existing is None or existing not in self.viewer.layers
+        replace = self._rerun.value == REPLACE and existing is not None and existing in self.viewer.layers
+        base_name = result_name(source_name, app.name)
+        reference = self._reference.value
+        reference_data = reference.data if reference is not None and reference in self.viewer.layers else None
+        reference_name = f"the reference layer '{reference.name}'" if reference is not None else ""
+
+        def layer_kwargs(volume, name: str, kind: str, extra: dict) -> tuple[Any, dict[str, Any]]:
+            record = find_source_record(shape, attributes, [attributes["metadata"]])
+            if record is not None:
+                return volume_to_layer(volume, name=name, kind=kind, **extra)
+            # a layer made in code: same grid, same transform as the source layer
+            return volume.array, {"name": name, "units": UNITS, "axis_labels": AXIS_LABELS, **transform,
+                                  "metadata": {KEY: geometry_record(volume, (0, 1, 2), kind=kind, **extra)}}
 
         def prepare(segmentation: Segmentation) -> dict[str, Any]:
             labels_volume = segmentation.labels
             extra = {"app": str(app.config_path), "model": segmentation.model, "source_layer": source_name,
                      "labels": {str(v): [names[v], colors[v]] for v in names}}
-            record = find_source_record(shape, attributes, [attributes["metadata"]])
-            if record is not None:
-                data, kwargs = volume_to_layer(labels_volume, name=base_name, kind="labels", **extra)
-            else:  # a layer made in code: same grid, same transform as the source layer
-                data = labels_volume.array
-                kwargs = {"name": base_name, "units": UNITS, "axis_labels": AXIS_LABELS, **transform,
-                          "metadata": {KEY: geometry_record(labels_volume, (0, 1, 2), kind="labels", **extra)}}
+            data, kwargs = layer_kwargs(labels_volume, base_name, "labels", extra)
             values = sorted(names)
             kwargs["features"] = {"index": np.array([0] + values),
                                   "name": ["background"] + [names[v] for v in values]}
             kwargs["colormap"] = label_colormap(colors)
-            prepared = {"data": data, "kwargs": kwargs, "layer": None,
+            prepared = {"data": data, "kwargs": kwargs, "layer": None, "replace": None, "probabilities": None,
                         "voxels": int(np.count_nonzero(labels_volume.array)),
                         "ml": labels_volume.physical_volume_ml()}
-            if build:
+            try:
+                prepared["measurements"] = measure(data, labels_volume.spacing, names, reference_data, reference_name)
+            except ClaraNapariError:      # a reference on another grid: measured without Dice
+                prepared["measurements"] = measure(data, labels_volume.spacing, names)
+            if replace:
+                prepared["replace"] = replacement(np.asarray(existing.data), np.asarray(data))
+            else:
                 prepared["layer"] = Labels(data, opacity=0.5, **kwargs)
+            if segmentation.probabilities is not None:
+                score, score_kwargs = layer_kwargs(segmentation.probabilities, f"{base_name} probabilities", "image",
+                                                   {"model": segmentation.model, "source_layer": source_name})
+                finite = score[np.isfinite(score)]
+                limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+                if limits[0] == limits[1]:
+                    limits = (limits[0], limits[0] + 1.0)
+                prepared["probabilities"] = Image(score, colormap="magma", blending="additive", opacity=0.6,
+                                                  contrast_limits=limits, visible=True, **score_kwargs)
             return prepared
 
         return prepare
@@ -559,8 +667,8 @@ class TritonInferenceWidget(Container):
         app = self._run_app
         kwargs = prepared["kwargs"]
         layer = self._results.get(id(source))
-        if layer is not None and layer in self.viewer.layers:
-            # in place: only what changed (each transform change re-slices the layer)
+        if prepared["replace"] is not None and layer is not None and layer in self.viewer.layers:
+            # an undoable replacement: only the voxels that change, through the layer's own history
             for key in ("scale", "translate", "rotate"):
                 if not np.array_equal(np.asarray(getattr(layer, key)), np.asarray(kwargs[key])):
                     setattr(layer, key, kwargs[key])
@@ -569,22 +677,71 @@ class TritonInferenceWidget(Container):
             if old.get("labels") != kwargs["metadata"][KEY].get("labels"):
                 layer.colormap = kwargs["colormap"]
                 layer.features = kwargs["features"]
-            layer.data = prepared["data"]
+            indices, values = prepared["replace"]
+            if indices[0].size:
+                layer.data_setitem(indices, values)
         else:
             layer = prepared["layer"] if prepared["layer"] is not None else \
                 Labels(prepared["data"], opacity=0.5, **kwargs)
             self.viewer.layers.append(layer)
             self._results[id(source)] = layer
+        scores = prepared["probabilities"]
+        if scores is not None:
+            shown = self._scores.get(id(source))
+            if prepared["replace"] is not None and shown is not None and shown in self.viewer.layers:
+                shown.data = scores.data          # re-run in place: the score layer follows its labels
+                shown.contrast_limits = scores.contrast_limits
+            else:
+                self.viewer.layers.append(scores)
+                self._scores[id(source)] = scores
         self._last = (source, layer, app, segmentation.model)
+        self._show_measurements(prepared["measurements"])
         seconds = time.perf_counter() - self._started
         info = self._server_info
         where = self._server_line(info, segmentation.model) if info else segmentation.backend
         self._status.value = (f"done in {seconds:.1f} s: {prepared['voxels']} voxels labelled ({prepared['ml']:.1f} ml) "
                               f"in '{layer.name}' · {where}")
+        self._status.tooltip = self._status.value
+
+    # -- measurements -------------------------------------------------------------------------
+    def _show_measurements(self, rows) -> None:
+        self.measurements = list(rows)
+        self._table.value = table_columns(self.measurements)
+        # the total in the section's title; the section is not opened for the user: opening it re-lays out
+        # the dock, which cost ~400 ms of event loop on the first run (whole T1 sample, measured)
+        total = sum(row.ml for row in self.measurements)
+        self._measurements.setText(f"Measurements: {len(self.measurements)} label(s), {total:.1f} ml")
+
+    def _measure_last(self):
+        """The table for the last result layer as it is now (edits included), Dice vs the reference chosen."""
+        if self._last is None or self._last[1] not in self.viewer.layers:
+            return []
+        source, layer, app, _ = self._last
+        volume = layer_volume(layer.data, layer_attributes(layer), records=[source.metadata])
+        reference = self._reference.value
+        reference_data = np.asarray(reference.data) if reference is not None and reference in self.viewer.layers else None
+        return measure(volume.array, volume.spacing, app.config.label_names(), reference_data,
+                       f"the reference layer '{getattr(reference, 'name', '')}'")
+
+    @_alive
+    def update_measurements(self, *_args) -> None:
+        """Measure the last result again (after edits, or against another reference)."""
+        try:
+            self._show_measurements(self._measure_last())
+        except Exception as exc:
+            self._fail(exc)
+
+    def copy_table(self, *_args) -> str:
+        """Put the table on the clipboard as tab-separated text (pastes into a spreadsheet); returns it."""
+        text = to_csv(self.measurements, delimiter="\t")
+        clipboard = QApplication.clipboard()
+        if clipboard is not None:
+            clipboard.setText(text)
+        return text
 
     @property
     def result_layer(self) -> Labels | None:
-        """The Labels layer of the image picked now (after a run), if any."""
+        """The latest Labels layer of the image picked now (after a run), if any."""
         source = self._image.value
         layer = self._results.get(id(source)) if source is not None else None
         return layer if layer is not None and layer in self.viewer.layers else None
@@ -612,6 +769,7 @@ class TritonInferenceWidget(Container):
             labels = labels.with_array(labels.array.astype(smallest_label_dtype(labels.array), copy=True), path=None)
             if not labels.same_grid(image):
                 raise ClaraNapariError(f"the Labels layer '{labels_layer.name}' is no longer on the grid of '{source.name}'.")
+            rows = self._measure_last()          # what is exported: the layer as it is now
         except Exception as exc:
             self._fail(exc)
             return None
@@ -620,8 +778,9 @@ class TritonInferenceWidget(Container):
         def work():
             from ..core.atomic import Transaction
 
-            try:  # the output, the bundle (and a DICOM SEG) land together or not at all
+            try:  # the output, the bundle, the measurements (and a DICOM SEG) land together or not at all
                 header = target / "output" / f"{stem}.mhd"
+                table = target / "output" / f"{stem}.measurements.csv"
                 with Transaction(overwrite=True, forbid=[image.path]) as txn:
                     write_volume(labels, txn.path(header), forbid=[image.path] if image.path else [])
                     segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), labels)], model=model)
@@ -632,8 +791,9 @@ class TritonInferenceWidget(Container):
                         write_app_seg(labels.with_array(labels.array, path=image.path), app, txn.path(seg),
                                       model=model)
                         bundle.append(seg)
+                    txn.path(table).write_text(to_csv(rows), encoding="utf-8")
                     txn.commit()
-                return [header, *bundle], None
+                return [header, *bundle, table], None
             except Exception as exc:
                 return None, exc
 

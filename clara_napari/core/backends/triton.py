@@ -147,12 +147,17 @@ class TritonBackend:
         where = "embedded Triton" if self.embedded is not None else "Triton"
         return f"{where} at {self.address}" if self.address else where
 
+    def target(self, inferer=None) -> str | None:
+        """The server to use: the one named (else ``$NVIDIA_CLARA_TRTISURI``), else the app's inferer
+        ``ip``/``port``; None means an embedded server."""
+        return self.server or (inferer.address if inferer is not None else None)
+
     def resolve(self, inferer=None, repository: Path | None = None, model_name: str | None = None) -> Address | None:
         """The server's address; ``None`` when the run falls back to the in-process backend."""
         if self.address is not None or self.fallback is not None:
             return self.address
         protocol = self.options.protocol or (inferer.protocol.lower() if inferer is not None else None)
-        target = self.server or (inferer.address if inferer is not None else None)
+        target = self.target(inferer)
         if target:
             self.address = parse_address(target, protocol)
         else:
