@@ -27,10 +27,12 @@ def _folder(args: argparse.Namespace, key: str) -> Path:
     return Path(value or os.environ.get(env) or default)
 
 
-def _add_server_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", help="'local' (onnxruntime in process), a Triton address (host:port or URL, "
+def _add_server_args(parser: argparse.ArgumentParser, repeatable: bool = False) -> None:
+    parser.add_argument("--server", action="append" if repeatable else "store",
+                        help="'local' (onnxruntime in process), a Triton address (host:port or URL, "
                         "grpc://host:port for gRPC); default: $NVIDIA_CLARA_TRTISURI, else the app's inferer args, "
-                        "else an embedded Triton server")
+                        "else an embedded Triton server" + ("; repeat it to spread the windows over several "
+                                                            "servers (docs/scale.md)" if repeatable else ""))
     parser.add_argument("--protocol", choices=["http", "grpc"], help="protocol for --server host:port")
     parser.add_argument("--no-shm", action="store_true", help="never use system shared memory with Triton")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for a server or a request")
@@ -99,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="config.meta form: 'meta' (density/seg_masks, the operator's) or 'data' (newer)")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     run.add_argument("--first-only", action="store_true", help="process only the first volume (the original's habit)")
-    _add_server_args(run)
+    run.add_argument("--workers", type=int, default=None,
+                     help="segment the volumes on a Dask LocalCluster of N worker processes (docs/scale.md)")
+    run.add_argument("--scheduler", help="segment the volumes on an existing Dask cluster (tcp://host:8786)")
+    _add_server_args(run, repeatable=True)
 
     apps = sub.add_parser("apps", help="list the bundled apps")
     apps.add_argument("--json", action="store_true")
@@ -230,7 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         app=app, input=_folder(args, "input"), output=_folder(args, "output"),
         publish=None if args.no_publish else _folder(args, "publish"), logs=_folder(args, "logs"),
-        server=args.server or os.environ.get("NVIDIA_CLARA_TRTISURI"), overwrite=args.overwrite,
+        server=_run_server(args.server) or os.environ.get("NVIDIA_CLARA_TRTISURI"), overwrite=args.overwrite,
         first_only=args.first_only, threads=args.threads, publish_format=args.publish_format,
         server_options=_server_options(args))
     log_file = _setup_run_logging(options.logs, app)
@@ -256,13 +261,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.error(result.message, extra={"printed": True})
 
     try:
-        results = run(options, progress_for=_progress_for(True), report=report, cancel=cancel)
+        if args.workers is not None or args.scheduler:
+            from .core.dask_runs import run_on_dask
+
+            results = run_on_dask(options, workers=args.workers, scheduler=args.scheduler, report=report)
+        else:
+            results = run(options, progress_for=_progress_for(True), report=report, cancel=cancel)
     finally:
         signal.signal(signal.SIGTERM, previous)
     total = len(results)
     summary = f"{total - failures}/{total} volumes segmented with {app.name}"
     print(summary + (f" (log: {log_file})" if log_file else ""))
     return 0 if failures == 0 else 1
+
+
+def _run_server(servers: list[str] | None):
+    """``--server`` given once: that server; several times: the list (a fleet); never: None."""
+    if not servers:
+        return None
+    return servers[0] if len(servers) == 1 else list(servers)
 
 
 def cmd_apps(args: argparse.Namespace) -> int:
