@@ -1,0 +1,120 @@
+"""Many studies on a Dask LocalCluster (core/dask_runs.py): real worker processes, a real Triton server."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from clara_napari.core.apps import resolve_app  # noqa: E402
+from clara_napari.core.dask_runs import local_cluster, run_on_dask, study_key  # noqa: E402
+from clara_napari.core.errors import ConfigError  # noqa: E402
+from clara_napari.core.operator import RunOptions, run  # noqa: E402
+from clara_napari.core.server import EmbeddedServer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scale_models import write_latency_app, write_volumes  # noqa: E402
+
+pytestmark = [pytest.mark.triton, pytest.mark.timeout(600)]
+STUDIES = 6
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    """An app (40 ms per window, two model instances, one request in flight per volume) and six
+    volumes of 3 x 3 x 4 windows each."""
+    folder = tmp_path_factory.mktemp("dask_runs")
+    app = resolve_app(write_latency_app(folder / "app", delay_s=0.04, instances=2, in_flight=1))
+    write_volumes(folder / "input", STUDIES, shape=(32, 40, 48))
+    return app, folder / "input"
+
+
+@pytest.fixture(scope="module")
+def server(studies):
+    with EmbeddedServer(studies[0].model_repository, threads=1) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def serial_outputs(studies, server, tmp_path_factory):
+    app, inputs = studies
+    out = tmp_path_factory.mktemp("serial")
+    results = run(RunOptions(app=app, input=inputs, output=out, server=server.http_url))
+    assert [r.ok for r in results] == [True] * STUDIES, [r.message for r in results]
+    return _files(out)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_local_cluster_matches_serial_run(studies, serial_outputs, tmp_path):
+    """Two worker processes, the embedded server started once by this process for both: the
+    same files, byte for byte, as the serial run; each worker opened the model once."""
+    app, inputs = studies
+    reported = []
+    results = run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path), workers=2, report=reported.append,
+                          timeout_s=300)
+    assert [r.ok for r in results] == [True] * STUDIES, [r.message for r in results]
+    assert [r.input.name for r in results] == sorted(p.name for p in inputs.iterdir())
+    assert len(reported) == STUDIES
+    assert {r.attempts for r in results} == {1}
+    assert len({r.worker for r in results}) == 2            # both workers took volumes
+    assert {r.sessions_opened for r in results} == {1}      # ... and each opened the model once
+    assert _files(tmp_path) == serial_outputs
+    assert len(serial_outputs) == 2 * STUDIES               # .mhd + .raw per volume
+
+
+def test_killed_worker_loses_only_its_volume(studies, server, serial_outputs, tmp_path):
+    """SIGKILL the worker process running the third volume mid-volume: that volume runs once
+    more on a worker, the others are untouched, and every output equals the serial run's."""
+    from distributed import Client
+
+    app, inputs = studies
+    victim_key = study_key(2, sorted(inputs.iterdir())[2], 1)
+    results: list = []
+    errors: list = []
+    with local_cluster(2) as cluster, Client(cluster.scheduler_address, set_as_default=False) as client:
+        def work():
+            try:
+                results.extend(run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path,
+                                                      server=server.http_url),
+                                           scheduler=cluster.scheduler_address, timeout_s=300))
+            except BaseException as exc:   # handed to the test thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        killed = None
+        deadline = time.monotonic() + 120
+        while killed is None and time.monotonic() < deadline and thread.is_alive():
+            for address, keys in client.processing().items():
+                if victim_key in keys:
+                    time.sleep(0.4)     # well inside the volume (about 1.5 s of windows)
+                    pid = client.run(os.getpid, workers=[address])[address]
+                    os.kill(pid, signal.SIGKILL)
+                    killed = pid
+                    break
+            time.sleep(0.05)
+        thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert not errors, errors
+    assert killed is not None, "the victim volume was never seen running"
+    assert [r.ok for r in results] == [True] * STUDIES, [r.message for r in results]
+    assert [r.attempts for r in results] == [1, 1, 2, 1, 1, 1]
+    assert "its first worker died" in results[2].message
+    assert _files(tmp_path) == serial_outputs
+
+
+def test_workers_or_scheduler(studies, tmp_path):
+    app, inputs = studies
+    with pytest.raises(ConfigError, match="either --workers"):
+        run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path), workers=2, scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(ConfigError, match="at least one worker"):
+        run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path), workers=0)
