@@ -118,3 +118,37 @@ def test_workers_or_scheduler(studies, tmp_path):
         run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path), workers=2, scheduler="tcp://127.0.0.1:1")
     with pytest.raises(ConfigError, match="at least one worker"):
         run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path), workers=0)
+
+
+def test_cli_workers(studies, server, serial_outputs, tmp_path, capsys, restore_root_logging):
+    from clara_napari.cli import main
+
+    app, inputs = studies
+    code = main(["run", "--app", str(app.folder), "--input", str(inputs), "--output", str(tmp_path / "out"),
+                 "--no-publish", "--logs", str(tmp_path / "logs"), "--workers", "1", "--server", server.http_url])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"{STUDIES}/{STUDIES} volumes segmented with app" in captured.out
+    assert sum(line.startswith("study_") for line in captured.out.splitlines()) == STUDIES
+    assert _files(tmp_path / "out") == serial_outputs
+
+
+def test_existing_cluster_shares_one_embedded_server_per_machine(studies, serial_outputs, tmp_path):
+    """--scheduler and no server: the first worker of the machine starts the embedded server
+    under a file lock, the other worker of the machine uses it."""
+    import json
+
+    from distributed import Client
+
+    from clara_napari.core.dask_runs import machine_server_state
+
+    app, inputs = studies
+    with local_cluster(2) as cluster, Client(cluster.scheduler_address, set_as_default=False) as client:
+        results = run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path / "out"),
+                              scheduler=cluster.scheduler_address, timeout_s=300)
+        worker_pids = set(client.run(os.getpid).values())
+        state = json.loads(machine_server_state(app.model_repository).read_text())
+    assert [r.ok for r in results] == [True] * STUDIES, [r.message for r in results]
+    assert len({r.worker for r in results}) == 2
+    assert state["pid"] in worker_pids        # started by one of the workers, used by both
+    assert _files(tmp_path / "out") == serial_outputs

@@ -118,6 +118,12 @@ def close_sessions() -> None:
             _MACHINE_SERVER.pop().stop()
 
 
+def machine_server_state(repository: Path) -> Path:
+    """The state file of this machine's embedded server for ``repository`` (its lock: ``.lock``)."""
+    tag = hashlib.sha256(str(Path(repository).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"clara-napari-{os.getuid()}-embedded-{tag}.json"
+
+
 def _machine_server(job: StudyJob) -> str:
     """The address of this machine's embedded server for the app's repository; the first worker
     of the machine starts it (under a file lock), the others find it in the lock's state file."""
@@ -127,8 +133,7 @@ def _machine_server(job: StudyJob) -> str:
     from .server import EmbeddedServer
 
     repository = job.app.model_repository
-    tag = hashlib.sha256(str(repository).encode()).hexdigest()[:16]
-    base = Path(tempfile.gettempdir()) / f"clara-napari-{os.getuid()}-embedded-{tag}"
+    base = machine_server_state(repository).with_suffix("")
     protocol = "grpc" if (job.server_options.get("protocol") or job.app.config.inferer.protocol).lower() == "grpc" \
         else "http"
     with open(f"{base}.lock", "a+") as lock:
