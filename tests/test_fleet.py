@@ -146,3 +146,20 @@ def test_cli_repeated_server(latency_app, two_servers, tmp_path, capsys, restore
     written = cn.read_volume(output)
     reference = cn.run_app(volume_path, app, server=first.grpc_url).labels
     np.testing.assert_array_equal(written.array, reference.array)
+
+
+def test_widget_runner_takes_comma_separated_servers(latency_app, two_servers):
+    """The napari widget's server field: 'a, b' runs on both endpoints (its worker-thread runner, no Qt)."""
+    from clara_napari.napari._runner import Job, ServerInfo, resolve_server, run_job
+
+    app, volume_path = latency_app
+    first = two_servers[0]
+    volume = cn.read_volume(volume_path)
+    field = f"{first.http_url}, {first.grpc_url}"
+    address, description, _ = resolve_server(field, "HTTP", app.model_repository)
+    assert description == "Triton fleet of 2" and ServerInfo(address, description).where == "2 servers"
+    outcome = run_job(Job(volume=volume, app=app, config=app.config, server=field))
+    assert outcome.error is None, outcome.error
+    single = cn.run_app(volume, app, server=first.http_url)
+    np.testing.assert_array_equal(outcome.segmentation.labels.array, single.labels.array)
+    assert outcome.segmentation.backend.startswith("Triton fleet: ")

@@ -24,6 +24,11 @@ def is_embedded(server: str) -> bool:
     return server.strip().lower() in ("", EMBEDDED)
 
 
+def split_servers(server: str) -> list[str]:
+    """The server field: one address, or several separated by commas (a fleet: docs/scale.md)."""
+    return [part.strip() for part in server.split(",") if part.strip()]
+
+
 @dataclass
 class ServerInfo:
     """Where a run goes: the address, what it is, and the models it serves (name → state)."""
@@ -35,6 +40,8 @@ class ServerInfo:
 
     @property
     def where(self) -> str:
+        if len(split_servers(self.address)) > 1:
+            return f"{len(split_servers(self.address))} servers"
         host = parse_address(self.address).host
         return "this machine" if host in ("127.0.0.1", "localhost", "::1") else host
 
@@ -46,6 +53,10 @@ def resolve_server(server: str, protocol: str, repository: Path, *, pool: Server
         embedded = pool.embedded(repository)
         address = embedded.grpc_url if protocol == "grpc" else embedded.http_url
         return address, f"embedded Triton {embedded.version}".strip(), embedded.version
+    parts = split_servers(server)
+    if len(parts) > 1:
+        addresses = [str(parse_address(part, protocol)) for part in parts]
+        return ", ".join(addresses), f"Triton fleet of {len(addresses)}", ""
     address = parse_address(server, protocol)
     return str(address), f"Triton at {address}", ""
 
@@ -71,8 +82,9 @@ def transport_options(headers: str = "", ssl_ca: str = "", ssl_cert: str = "", s
 
 
 def read_models(address: str, *, ready_timeout_s: float = 15.0, transport: dict[str, Any] | None = None) -> dict[str, str]:
-    """The server's model repository index: model name → state (READY, UNAVAILABLE, ...)."""
-    parsed = parse_address(address)
+    """The server's model repository index: model name → state (READY, UNAVAILABLE, ...);
+    of the first endpoint for several (the run checks that all serve the same model)."""
+    parsed = parse_address(split_servers(address)[0])
     options = TransportOptions(ready_timeout_s=ready_timeout_s, **(transport or {}))
     client = make_client(parsed, options, 30.0)
     try:
@@ -161,7 +173,12 @@ def run_job(job: Job) -> Outcome:
         if job.cancel.cancelled:
             raise Cancelled("the inference was cancelled.")
         stage("opening the model")
-        backend = TritonBackend(address, ready_timeout_s=job.ready_timeout_s, **job.transport)
+        if len(split_servers(address)) > 1:
+            from ..core.backends.fleet import FleetBackend
+
+            backend = FleetBackend(split_servers(address), ready_timeout_s=job.ready_timeout_s, **job.transport)
+        else:
+            backend = TritonBackend(address, ready_timeout_s=job.ready_timeout_s, **job.transport)
         try:
             config = job.config
             model = backend.open(job.app.model_repository, config.model_name, input_name=config.inferer.input_name,

@@ -197,7 +197,7 @@ class TritonInferenceWidget(Container):
         self._app_file = FileEdit(label="config file", mode="r", filter="*.json",
                                   value=self._settings.get("app_file") or "")
         self._server = LineEdit(label="server", value=self._settings.get("server") or EMBEDDED)
-        self._server.tooltip = "'embedded' (a Triton server started here), or host:port, http://host:port, grpc://host:port"
+        self._server.tooltip = "'embedded' (a Triton server started here), or host:port, http://host:port, grpc://host:port; several, comma-separated, spread the windows over them"
         self._protocol = ComboBox(label="protocol", choices=list(PROTOCOLS),
                                   value=self._settings.get("protocol") if self._settings.get("protocol") in PROTOCOLS else "HTTP")
         self._headers = LineEdit(label="headers", value="")
