@@ -152,3 +152,19 @@ def test_existing_cluster_shares_one_embedded_server_per_machine(studies, serial
     assert len({r.worker for r in results}) == 2
     assert state["pid"] in worker_pids        # started by one of the workers, used by both
     assert _files(tmp_path / "out") == serial_outputs
+
+
+def test_machine_server_state_is_private(studies, tmp_path, monkeypatch):
+    """The folder holding the machine server's address must be this user's alone."""
+    import tempfile
+
+    from clara_napari.core.dask_runs import machine_server_state
+    from clara_napari.core.errors import ServerError
+
+    app, _ = studies
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    state = machine_server_state(app.model_repository)
+    assert state.parent.stat().st_mode & 0o777 == 0o700
+    state.parent.chmod(0o777)      # as if another user had made it, world-writable
+    with pytest.raises(ServerError, match="not a private folder"):
+        machine_server_state(app.model_repository)

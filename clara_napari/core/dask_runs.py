@@ -119,9 +119,20 @@ def close_sessions() -> None:
 
 
 def machine_server_state(repository: Path) -> Path:
-    """The state file of this machine's embedded server for ``repository`` (its lock: ``.lock``)."""
+    """The state file of this machine's embedded server for ``repository`` (its lock: ``.lock``),
+    in a folder only this user can write (another user could otherwise plant an address there
+    and receive the volumes)."""
+    folder = Path(tempfile.gettempdir()) / f"clara-napari-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.lstat()
+    import stat
+
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ServerError(f"{folder}: not a private folder of this user (owner, mode or a link); refused for the "
+                          "embedded server's address.")
     tag = hashlib.sha256(str(Path(repository).resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"clara-napari-{os.getuid()}-embedded-{tag}.json"
+    return folder / f"embedded-{tag}.json"
 
 
 def _machine_server(job: StudyJob) -> str:
@@ -130,6 +141,7 @@ def _machine_server(job: StudyJob) -> str:
     import fcntl
     import urllib.request
 
+    from .backends.triton import parse_address
     from .server import EmbeddedServer
 
     repository = job.app.model_repository
@@ -139,14 +151,13 @@ def _machine_server(job: StudyJob) -> str:
     with open(f"{base}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ServerError):
                 state = json.loads(Path(f"{base}.json").read_text())
-                try:
-                    with urllib.request.urlopen(f"{state['http']}/v2/health/ready", timeout=2) as response:
+                if parse_address(state[protocol]).is_local and parse_address(state["http"]).is_local:
+                    with contextlib.suppress(OSError), urllib.request.urlopen(
+                            f"{state['http']}/v2/health/ready", timeout=2) as response:
                         if response.status == 200:
                             return state[protocol]
-                except OSError:
-                    pass
             server = EmbeddedServer(repository, threads=job.threads).start()
             _MACHINE_SERVER.append(server)
             tmp = Path(f"{base}.json.tmp")
