@@ -36,7 +36,8 @@ def latency_app(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_servers(latency_app):
     app, _ = latency_app
-    with EmbeddedServer(app.model_repository, threads=1) as first, EmbeddedServer(app.model_repository, threads=1) as second:
+    with EmbeddedServer(app.model_repository, threads=1) as first, \
+            EmbeddedServer(app.model_repository, threads=1) as second:
         yield first, second
 
 

@@ -193,7 +193,8 @@ def _distributed():
     try:
         import distributed
     except ImportError:
-        raise ConfigError("running on Dask needs the distributed package (pip install 'clara-napari[scale]').") from None
+        raise ConfigError("running on Dask needs the distributed package "
+                          "(pip install 'clara-napari[scale]').") from None
     return distributed
 
 

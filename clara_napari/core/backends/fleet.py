@@ -126,8 +126,8 @@ class FleetModel:
         while True:
             with self._lock:
                 if len(self._dead) == len(self.models):
-                    raise ServerError(f"every Triton endpoint of the run failed ({', '.join(str(m.address) for m in self.models)}); "
-                                      f"last: {last}") from last
+                    names = ", ".join(str(m.address) for m in self.models)
+                    raise ServerError(f"every Triton endpoint of the run failed ({names}); last: {last or 'see the log'}") from last
             try:
                 index = self._tickets.get(timeout=1.0)
             except queue.Empty:
