@@ -58,12 +58,21 @@ def test_local_cluster_matches_serial_run(studies, serial_outputs, tmp_path):
     """Two worker processes, the embedded server started once by this process for both: the
     same files, byte for byte, as the serial run; each worker opened the model once."""
     app, inputs = studies
-    reported = []
+    reported, progress = [], []
     results = run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path), workers=2, report=reported.append,
+                          progress=lambda path, done, total: progress.append((path.name, done, total)),
                           timeout_s=300)
     assert [r.ok for r in results] == [True] * STUDIES, [r.message for r in results]
     assert [r.input.name for r in results] == sorted(p.name for p in inputs.iterdir())
     assert len(reported) == STUDIES
+    # per-study window progress came back from the workers: each study's last quarter, 36 windows
+    def finished() -> set[str]:
+        return {name for name, done, total in progress if done == total == 36}
+
+    deadline = time.monotonic() + 10     # the handler runs on the client's event-loop thread
+    while len(finished()) < STUDIES and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert finished() == {r.input.name for r in results}
     assert {r.attempts for r in results} == {1}
     assert len({r.worker for r in results}) == 2            # both workers took volumes
     assert {r.sessions_opened for r in results} == {1}      # ... and each opened the model once

@@ -173,9 +173,10 @@ def segment_study(job: StudyJob, source: str) -> dict:
     from distributed import get_worker
 
     try:
-        worker = get_worker().address
+        this = get_worker()
+        worker = this.address
     except ValueError:
-        worker = f"pid {os.getpid()}"
+        this, worker = None, f"pid {os.getpid()}"
     start = time.perf_counter()
     try:
         model = _worker_model(job)
@@ -183,9 +184,31 @@ def segment_study(job: StudyJob, source: str) -> dict:
         message = str(exc) if isinstance(exc, ClaraNapariError) else f"{source}: {type(exc).__name__}: {exc}"
         return {"ok": False, "message": message, "seconds": time.perf_counter() - start, "outputs": [],
                 "worker": worker, "pid": os.getpid(), "opened": _OPENED[0]}
-    result = _run_one(job.run_options(), Path(source), model, None, None, multi=job.multi)
+    result = _run_one(job.run_options(), Path(source), model, _progress_events(this, source), None, multi=job.multi)
     return {"ok": result.ok, "message": result.message, "seconds": result.seconds,
             "outputs": [str(p) for p in result.outputs], "worker": worker, "pid": os.getpid(), "opened": _OPENED[0]}
+
+
+#: the Dask event topic of per-study window progress (in quarters)
+PROGRESS_TOPIC = "clara-napari-progress"
+
+
+def _progress_events(worker, source: str):
+    """A ``progress_for`` that sends each quarter of a volume's windows to the client as an event."""
+    if worker is None:
+        return None
+
+    def progress_for(_path):
+        last = [-1]
+
+        def report(done: int, total: int) -> None:
+            step = done * 4 // max(total, 1)
+            if step != last[0]:
+                last[0] = step
+                with contextlib.suppress(Exception):
+                    worker.log_event(PROGRESS_TOPIC, {"source": source, "done": done, "total": total})
+        return report
+    return progress_for
 
 
 # -- client side -----------------------------------------------------------------------------
@@ -230,11 +253,13 @@ def safe_key(text: str) -> str:
 
 def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: str | None = None,
                 report: Callable[[VolumeResult], None] | None = None,
+                progress: Callable[[Path, int, int], None] | None = None,
                 timeout_s: float | None = None) -> list[StudyResult]:
     """Segment every input volume as one Dask task each; one result per volume, in input order.
 
     ``workers``: a LocalCluster of that many processes; ``scheduler``: an existing cluster's
-    address. ``report`` is called on this side as each volume ends. ``timeout_s`` bounds the
+    address. ``report`` is called on this side as each volume ends, ``progress(path, done, total)``
+    with each quarter of a volume's windows (default: a log line). ``timeout_s`` bounds the
     whole run (default: none).
     """
     if (workers is None) == (scheduler is None):
@@ -260,6 +285,7 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
             client = stack.enter_context(distributed.Client(address, timeout=30, set_as_default=False))
         except (OSError, TimeoutError) as exc:
             raise ServerError(f"Dask scheduler {address}: cannot connect ({exc}).") from None
+        stack.enter_context(_progress_subscription(client, progress))
         if workers is not None:
             # close the model sessions in each worker when the cluster goes (their servers too)
             stack.callback(_close_worker_sessions, client)
@@ -268,6 +294,26 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
                        overwrite=options.overwrite, publish_format=options.publish_format, server=server,
                        threads=options.threads, server_options=dict(options.server_options), multi=len(inputs) > 1)
         return _gather(client, distributed, job, inputs, report, timeout_s)
+
+
+@contextlib.contextmanager
+def _progress_subscription(client, progress):
+    def handler(event) -> None:
+        _, message = event
+        try:
+            if progress is not None:
+                progress(Path(message["source"]), int(message["done"]), int(message["total"]))
+            else:
+                log.info("%s: %d/%d windows", Path(message["source"]).name, message["done"], message["total"])
+        except Exception:   # a progress display must never break the run
+            log.debug("progress event %r not shown", message, exc_info=True)
+
+    client.subscribe_topic(PROGRESS_TOPIC, handler)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
 def _close_worker_sessions(client) -> None:
