@@ -164,3 +164,33 @@ def test_widget_runner_takes_comma_separated_servers(latency_app, two_servers):
     single = cn.run_app(volume, app, server=first.http_url)
     np.testing.assert_array_equal(outcome.segmentation.labels.array, single.labels.array)
     assert outcome.segmentation.backend.startswith("Triton fleet: ")
+
+
+def test_every_endpoint_lost_mid_run_fails_in_one_sentence(latency_app):
+    """The only server behind both endpoints killed mid-run: one ServerError naming the endpoints,
+    within the bounded retries (no hang, no partial result)."""
+    from clara_napari.core.pipeline import segment_volume
+
+    app, volume_path = latency_app
+    volume = cn.read_volume(volume_path)
+    server = EmbeddedServer(app.model_repository, threads=1).start()
+    killed = []
+
+    def progress(done: int, total: int) -> None:
+        if not killed and done >= 4:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            killed.append(done)
+
+    backend = open_backend([server.http_url, server.grpc_url], app=app, retries=0, timeout_s=10)
+    try:
+        model = backend.open(app.model_repository, MODEL, inferer=app.config.inferer)
+        try:
+            with pytest.raises(ServerError, match=r"every Triton endpoint of the run failed \(http://127\.0\.0\.1:\d+, "
+                                                  r"grpc://127\.0\.0\.1:\d+\); last: Triton at "):
+                segment_volume(volume, app.config, model, progress=progress)
+        finally:
+            model.close()
+    finally:
+        backend.close()
+        server.stop()
+    assert killed

@@ -40,7 +40,8 @@ def should_fail_over(exc: BaseException) -> bool:
     cause = exc.__cause__ or exc
     text = (_reason(cause) + " " + str(exc)).lower()
     return (_is_retryable(cause) or isinstance(cause, TimeoutError) or "deadline" in text
-            or "did not answer within" in text or "lost the connection" in text)
+            or "did not answer within" in text or "lost the connection" in text
+            or "connection closed" in text)   # geventhttpclient, when the server dies mid-response
 
 
 class FleetBackend:
@@ -148,7 +149,7 @@ class FleetModel:
                     newly = index not in self._dead
                     self._dead.add(index)
                 if newly:
-                    log.warning("%s; its windows go to the other endpoints (%d left)", exc,
+                    log.warning("%s Its windows go to the other endpoints (%d left).", exc,
                                 len(self.models) - len(self._dead))
                 last = exc
                 continue
