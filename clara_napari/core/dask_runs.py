@@ -56,10 +56,12 @@ class StudyJob:
     publish: str | None
     overwrite: bool
     publish_format: str
-    server: object            # str, a list of str (a fleet), or None: the machine's embedded server
+    server: object            # str, a list of str (a fleet), or None (see ``embedded``)
     threads: int | None
     server_options: dict = field(default_factory=dict)
     multi: bool = False
+    #: server None: True → this machine's embedded server, False → the app's inferer address
+    embedded: bool = False
 
     def run_options(self) -> RunOptions:
         return RunOptions(app=self.app, input=Path(self.input), output=Path(self.output),
@@ -89,7 +91,7 @@ def _worker_model(job: StudyJob):
         if key in _SESSIONS:
             return _SESSIONS[key][1]
         config = job.app.config
-        server = job.server if job.server is not None else _machine_server(job)
+        server = _machine_server(job) if job.server is None and job.embedded else job.server
         backend = open_backend(server, threads=job.threads, app=job.app, **job.server_options)
         try:
             model = backend.open(job.app.model_repository, config.model_name, input_name=config.inferer.input_name,
@@ -268,7 +270,7 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
     check_run(options)
     inputs = list_inputs(options.input, options.first_only)
     embedded = None
-    server = options.server
+    server = options.server or os.environ.get("NVIDIA_CLARA_TRTISURI") or None
     with contextlib.ExitStack() as stack:
         if workers is not None:
             cluster = stack.enter_context(local_cluster(workers))
@@ -292,7 +294,8 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
         job = StudyJob(app=dataclasses.replace(options.app), input=str(options.input), output=str(options.output),
                        publish=str(options.publish) if options.publish is not None else None,
                        overwrite=options.overwrite, publish_format=options.publish_format, server=server,
-                       threads=options.threads, server_options=dict(options.server_options), multi=len(inputs) > 1)
+                       threads=options.threads, server_options=dict(options.server_options), multi=len(inputs) > 1,
+                       embedded=server is None and _needs_embedded(options))
         return _gather(client, distributed, job, inputs, report, timeout_s)
 
 
