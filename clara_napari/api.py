@@ -63,7 +63,8 @@ def segment(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
             **server_options) -> Volume:
     """Segment a volume (or a path) with an app and return the label :class:`Volume`.
 
-    ``server``: ``"local"`` (onnxruntime in process), a Triton address, or ``None`` for the
+    ``server``: ``"local"`` (onnxruntime in process), a Triton address, a list of them (the
+    windows spread over several servers: docs/scale.md), or ``None`` for the
     default (``$NVIDIA_CLARA_TRTISURI``, else an embedded Triton server). The labels have the
     input's size, spacing, origin and direction exactly. ``strict=True``: a volume or result that
     is not what the app expects raises :class:`~clara_napari.core.errors.ImplausibleError`.

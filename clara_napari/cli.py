@@ -43,10 +43,12 @@ def _folder(args: argparse.Namespace, key: str) -> Path:
     return Path.cwd() / key
 
 
-def _add_server_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", help="'local' (onnxruntime in process), a Triton address (host:port or URL, "
+def _add_server_args(parser: argparse.ArgumentParser, repeatable: bool = False) -> None:
+    parser.add_argument("--server", action="append" if repeatable else "store",
+                        help="'local' (onnxruntime in process), a Triton address (host:port or URL, "
                         "grpc://host:port for gRPC); default: $NVIDIA_CLARA_TRTISURI, else the app's inferer args, "
-                        "else an embedded Triton server")
+                        "else an embedded Triton server" + ("; repeat it to spread the windows over several "
+                                                            "servers (docs/scale.md)" if repeatable else ""))
     parser.add_argument("--protocol", choices=["http", "grpc"], help="protocol for --server host:port")
     parser.add_argument("--no-shm", action="store_true", help="never use system shared memory with Triton")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for a server or a request")
@@ -116,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true",
                      help="a volume that is not what the app expects (modality, intensities, result volume per "
                           "label) fails: exit 1, nothing written for it (default: a WARNING on its result line)")
-    _add_server_args(run)
+    run.add_argument("--workers", type=int, default=None,
+                     help="segment the volumes on a Dask LocalCluster of N worker processes (docs/scale.md)")
+    run.add_argument("--scheduler", help="segment the volumes on an existing Dask cluster (tcp://host:8786)")
+    _add_server_args(run, repeatable=True)
 
     sample = sub.add_parser("sample", help="the main job on the bundled sample: segment the brain of the T1 MRI "
                                            "and print the Dice against its reference mask")
@@ -320,7 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         app=app, input=fetched or _folder(args, "input"), output=_folder(args, "output"), dicom_seg=args.dicom_seg,
         publish=None if args.no_publish else _folder(args, "publish"), logs=_folder(args, "logs"),
-        server=args.server or os.environ.get("NVIDIA_CLARA_TRTISURI"), overwrite=args.overwrite,
+        server=_run_server(args.server) or os.environ.get("NVIDIA_CLARA_TRTISURI"), overwrite=args.overwrite,
         first_only=args.first_only, threads=args.threads, publish_format=args.publish_format,
         server_options=_server_options(args), strict=args.strict)
     check_run_folders(options)  # no output, publish or logs folder in the input: refused before anything
@@ -346,7 +351,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.error(message, extra={"printed": True})
 
     try:
-        results = run(options, progress_for=_progress_for(True), report=report, cancel=cancel)
+        if args.workers is not None or args.scheduler:
+            from .core.dask_runs import run_on_dask
+
+            results = run_on_dask(options, workers=args.workers, scheduler=args.scheduler, report=report)
+        else:
+            results = run(options, progress_for=_progress_for(True), report=report, cancel=cancel)
         unsent = send_results(args, results)
     finally:
         for signum, handler in previous.items():
@@ -356,6 +366,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = f"{total - failures}/{total} volumes segmented with {app.name}"
     print(summary + (f" (log: {log_file})" if log_file else ""))
     return 0 if failures == 0 and unsent == 0 else 1
+
+
+def _run_server(servers: list[str] | None):
+    """``--server`` given once: that server; several times: the list (a fleet); never: None."""
+    if not servers:
+        return None
+    return servers[0] if len(servers) == 1 else list(servers)
 
 
 def cmd_apps(args: argparse.Namespace) -> int:

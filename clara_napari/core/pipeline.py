@@ -175,13 +175,15 @@ def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progr
             raise ConfigError(f"{config.file}: inferer.args.roi_size: the model {model.spec.name!r} has no fixed "
                               f"window size (dims {list(tensor.dims)}); set roi_size [x, y, z].")
         check_input_shape(model.spec, tensor, (image.shape[0], *roi), model.spec.name)
+        # a fleet of servers keeps each endpoint's requests in flight at once
+        in_flight = getattr(model, "requests_in_flight", None) or inferer.requests_in_flight
         out_dims = list(model.output.dims)
         check_inference(config.file or model.spec.name, image.shape[1:], roi, inferer.overlap,
                         in_channels=image.shape[0], out_channels=out_dims[0] if len(out_dims) == 4 and out_dims[0] > 0
-                        else None, batch_size=batch_size, in_flight=inferer.requests_in_flight,
+                        else None, batch_size=batch_size, in_flight=in_flight,
                         input_bytes=image.nbytes)
         return sliding_window(image, model, roi, overlap=inferer.overlap, blending=inferer.blending,
-                              batch_size=batch_size, in_flight=inferer.requests_in_flight,
+                              batch_size=batch_size, in_flight=in_flight,
                               pad_value=inferer.pad_value, progress=progress, cancel=cancel,
                               mirror_axes=inferer.mirror_axes)
     multiple = inferer.pad_to_multiple if isinstance(inferer, SimpleInferer) else 1

@@ -20,7 +20,8 @@ from ..core.errors import ClaraNapariError, ServerError
 AUTO, EMBEDDED, LOCAL = "auto", "embedded", "local"
 SERVER_HELP = ("'auto' ($NVIDIA_CLARA_TRTISURI, else the app's ip/port, else an embedded server, as the CLI), "
                "'embedded' (a Triton server started here), 'local' (onnxruntime in this process), "
-               "or host:port, http://host:port, grpc://host:port")
+               "or host:port, http://host:port, grpc://host:port; several, comma-separated, spread the windows "
+               "over them (docs/scale.md)")
 
 #: what a re-run on an image that already has a result does (remembered in the settings)
 NEW_LAYER, REPLACE = "new layer", "replace (undoable)"

@@ -25,6 +25,11 @@ def is_embedded(server: str) -> bool:
     return server.strip().lower() == EMBEDDED
 
 
+def split_servers(server: str) -> list[str]:
+    """The server field: one address, or several separated by commas (a fleet: docs/scale.md)."""
+    return [part.strip() for part in server.split(",") if part.strip()]
+
+
 @dataclass
 class ServerInfo:
     """Where a run goes: the address, what it is, and the models it serves (name → state)."""
@@ -38,6 +43,8 @@ class ServerInfo:
     def where(self) -> str:
         if self.address == LOCAL:
             return "this machine (onnxruntime, in process)"
+        if len(split_servers(self.address)) > 1:
+            return f"{len(split_servers(self.address))} servers"
         host = parse_address(self.address).host
         return "this machine" if host in ("127.0.0.1", "localhost", "::1") else host
 
@@ -48,6 +55,12 @@ def resolve_server(server: str, protocol: str, repository: Path, *, pool: Server
     address (the one typed, else as the CLI chooses: see :func:`choose_server`), refused at once when
     nothing listens there."""
     protocol = protocol.lower()
+    parts = split_servers(server)
+    if len(parts) > 1:   # a fleet (docs/scale.md): every endpoint must answer
+        addresses = [str(parse_address(part, protocol)) for part in parts]
+        for address in addresses:
+            check_reachable(address)
+        return ", ".join(addresses), f"Triton fleet of {len(addresses)}", ""
     choice = choose_server(server, protocol, inferer)
     if choice.kind == LOCAL:
         return LOCAL, choice.describe(), ""
@@ -73,8 +86,9 @@ def transport_options(headers: str = "", ssl_ca: str = "", ssl_cert: str = "", s
 
 
 def read_models(address: str, *, ready_timeout_s: float = 15.0, transport: dict[str, Any] | None = None) -> dict[str, str]:
-    """The server's model repository index: model name → state (READY, UNAVAILABLE, ...)."""
-    parsed = parse_address(address)
+    """The server's model repository index: model name → state (READY, UNAVAILABLE, ...);
+    of the first endpoint for several (the run checks that all serve the same model)."""
+    parsed = parse_address(split_servers(address)[0])
     options = TransportOptions(ready_timeout_s=ready_timeout_s, **(transport or {}))
 
     def read(client) -> dict[str, str]:
@@ -173,6 +187,10 @@ def run_job(job: Job) -> Outcome:
             from ..core.backends import open_backend
 
             backend = open_backend(LOCAL)
+        elif len(split_servers(address)) > 1:
+            from ..core.backends.fleet import FleetBackend
+
+            backend = FleetBackend(split_servers(address), ready_timeout_s=job.ready_timeout_s, **job.transport)
         else:
             backend = TritonBackend(address, ready_timeout_s=job.ready_timeout_s, **job.transport)
         try:

@@ -2,6 +2,7 @@
 
 ``open_backend(server)`` picks one from what the user named:
 ``"local"`` → onnxruntime in this process; ``"host:port"`` or a URL → that Triton server;
+a list of addresses → a fleet of Triton servers (``fleet.py``);
 ``None`` → ``NVIDIA_CLARA_TRTISURI`` if set, else the app's inferer args, else a Triton server
 this package starts itself.
 """
@@ -13,7 +14,13 @@ from .local import LocalBackend
 __all__ = ["ModelHandle", "LocalBackend", "open_backend"]
 
 
-def open_backend(server: str | None = None, *, threads: int | None = None, **options):
+def open_backend(server=None, *, threads: int | None = None, **options):
+    if isinstance(server, (list, tuple)):   # several endpoints: windows spread over a fleet
+        if len(server) != 1:
+            from .fleet import FleetBackend
+
+            return FleetBackend(server, threads=threads, **options)
+        server = server[0]
     if server is not None and server.strip().lower() == "local":
         return LocalBackend(threads=threads)
     from .triton import TritonBackend
