@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 import clara_napari as cn
 from clara_napari.cli import main
+from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.errors import VolumeError
 from clara_napari.core.volume import read_volume, write_volume
 
@@ -404,7 +405,7 @@ from clara_napari.core.windows import plan_windows  # noqa: E402
 
 from conftest import BUNDLED_APP, bundled_config, write_app  # noqa: E402
 
-LUNG_APP = Path(__file__).resolve().parents[1] / "config" / "lung_ct"
+LUNG_APP = DATA_ROOT / "config" / "lung_ct"
 
 
 def _app(folder: Path, base: Path = BUNDLED_APP, **inferer_args) -> Path:

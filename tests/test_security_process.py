@@ -88,6 +88,8 @@ def cli_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("NVIDIA_CLARA_TRTISURI", None)
     env.pop("CLARA_NAPARI_HEADERS", None)
+    # the tiny app runs thousands of 16³ windows on the chest CT on purpose (a long run to interrupt)
+    env["CLARA_NAPARI_MAX_WINDOWS"] = "20000"
     return env
 
 
@@ -430,7 +432,8 @@ def test_app_logging_config_handlers_are_masked(tmp_path, refusing_server):
     assert _run_cli(["new-app", str(app_dir), "--from", "lung_ct"]).returncode == 0
     (app_dir / "logging_config.json").write_text(json.dumps({
         "version": 1, "disable_existing_loggers": False,
-        "handlers": {"f": {"class": "logging.FileHandler", "filename": str(tmp_path / "app.log"), "level": "DEBUG"}},
+        # a relative file name: inside the run's --logs folder (an app may not write elsewhere)
+        "handlers": {"f": {"class": "logging.FileHandler", "filename": "app.log", "level": "DEBUG"}},
         "loggers": {"clara_napari": {"handlers": ["f"], "level": "DEBUG"}}}))
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -439,7 +442,7 @@ def test_app_logging_config_handlers_are_masked(tmp_path, refusing_server):
                        "--no-publish", "--logs", str(tmp_path / "logs"), "--ready-timeout", "2",
                        "--server", f"http://bob:{SECRET}@127.0.0.1:{port}", "--header", f"clara-key={SECRET}2"])
     assert result.returncode != 0
-    app_log = (tmp_path / "app.log").read_text()
+    app_log = (tmp_path / "logs" / "app.log").read_text()
     assert "app lung_ct" in app_log or "app app" in app_log   # the handler did receive the run's records
     assert SECRET not in app_log + result.stderr + _logs_text(tmp_path / "logs")
 
@@ -516,7 +519,7 @@ def test_signal_during_a_long_request(tmp_path):
     logs = tmp_path / "logs"
     process = subprocess.Popen(cli("run", "--app", str(app), "--input", str(inputs), "--output", str(tmp_path / "out"),
                                    "--no-publish", "--logs", str(logs)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=cli_env(), preexec_fn=_as_background_job)
+                               text=True, env=dict(cli_env(), CLARA_NAPARI_TRUST_APP_CODE="1"), preexec_fn=_as_background_job)
     try:
         deadline = time.monotonic() + 180
         while " windows" not in _logs_text(logs):
