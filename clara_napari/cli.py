@@ -28,13 +28,16 @@ def _folder(args: argparse.Namespace, key: str) -> Path:
 
 
 def _add_server_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", help="'local' (onnxruntime in process), a Triton address (host:port or URL, "
+    parser.add_argument("--server", help="'local' (the model runs in process), a Triton address (host:port or URL, "
                         "grpc://host:port for gRPC); default: $NVIDIA_CLARA_TRTISURI, else the app's inferer args, "
                         "else an embedded Triton server")
     parser.add_argument("--protocol", choices=["http", "grpc"], help="protocol for --server host:port")
     parser.add_argument("--no-shm", action="store_true", help="never use system shared memory with Triton")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for a server or a request")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (local and embedded)")
+    parser.add_argument("--threads", type=int, default=None, help="model runtime threads (local and embedded)")
+    parser.add_argument("--runtime", choices=["openvino", "onnxruntime", "torch"], default=None,
+                        help="what runs the model locally and in the embedded server (default: openvino for ONNX "
+                             "where installed, else onnxruntime; torch for TorchScript)")
     parser.add_argument("--retries", type=int, default=None, help="retries after a lost connection (default 2)")
     parser.add_argument("--ready-timeout", type=float, default=None,
                         help="seconds to wait for the server and model to be ready (default 60)")
@@ -68,6 +71,8 @@ def _server_options(args: argparse.Namespace) -> dict:
         options["shared_memory"] = False
     if getattr(args, "timeout", None):
         options["timeout_s"] = args.timeout
+    if getattr(args, "runtime", None):
+        options["runtime"] = args.runtime
     if getattr(args, "retries", None) is not None:
         options["retries"] = args.retries
     if getattr(args, "ready_timeout", None):
@@ -128,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--variants", help="comma-separated subset of floor, local, triton-http, triton-grpc, "
                                           "triton-shm, monai, json-transport (default: all the workload runs)")
     bench.add_argument("--threads", type=int, default=None, help="onnxruntime and torch threads (default: all cores)")
+    bench.add_argument("--runtime", choices=["openvino", "onnxruntime"], default=None,
+                       help="the runtime of the local and Triton rows (default: openvino where installed)")
     bench.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
     bench.add_argument("--growth", nargs="+", metavar="JSON",
                        help="print how time and memory grow between earlier --json results (smallest first)")

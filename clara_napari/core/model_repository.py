@@ -18,7 +18,8 @@ NUMPY_DTYPES = {
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
     "FP32": np.float32, "FP64": np.float64,
 }
-_DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx", "python": "model.py"}
+_DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx", "openvino": "model.xml",
+                  "pytorch_libtorch": "model.pt", "pytorch": "model.pt", "python": "model.py"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class ModelSpec:
         if chosen not in versions:
             raise ConfigError(f"{folder}: the model has no version {chosen} (versions: {versions}).")
         name = self.default_model_filename or _DEFAULT_FILES.get(self.runtime, "model.onnx")
+        if name in (".", "..") or Path(name).name != name or "\\" in name:
+            raise ConfigError(f"{self.path}: default_model_filename {name!r} must be a file name in the version folder.")
         file = folder / str(chosen) / name
         if not file.is_file():
             raise ConfigError(f"{file}: the model file is missing.")

@@ -104,10 +104,12 @@ class TransportOptions:
 class TritonBackend:
     """Resolves the server (named, from the environment, from the app, or embedded) and opens models."""
 
-    def __init__(self, server: str | None = None, *, app=None, threads: int | None = None, **options: Any) -> None:
+    def __init__(self, server: str | None = None, *, app=None, threads: int | None = None, runtime: str | None = None,
+                 **options: Any) -> None:
         self.server = server if server is not None else os.environ.get("NVIDIA_CLARA_TRTISURI") or None
         self.app = app
         self.threads = threads
+        self.runtime = runtime  # the embedded server's runtime (an external server serves with its own)
         self.options = TransportOptions(**options)
         self.embedded = None
         self.address: Address | None = None
@@ -129,7 +131,7 @@ class TritonBackend:
             from ..server import EmbeddedServer
 
             repo = repository or (self.app.model_repository if self.app is not None else bundled_model_repository())
-            self.embedded = EmbeddedServer(repo, threads=self.threads).start()
+            self.embedded = EmbeddedServer(repo, threads=self.threads, runtime=self.runtime).start()
             port = self.embedded.ports["grpc" if protocol == "grpc" else "http"]
             self.address = Address("127.0.0.1", port, protocol or "http")
         return self.address
