@@ -84,3 +84,23 @@ def test_random_label_maps_give_the_old_answers(seed, connectivity, four_d, labe
     if four_d:
         array = array[None]
     check(array, connectivity, num_components=int(rng.integers(1, 3)))
+
+
+@given(seed=st.integers(0, 2**31 - 1), channels=st.integers(1, 4), nans=st.booleans(), ties=st.booleans())
+def test_channel_argmax_is_numpy_argmax(seed, channels, nans, ties):
+    from clara_napari.core.transforms.labels import channel_argmax
+
+    rng = np.random.default_rng(seed)
+    array = rng.random((channels, 5, 4, 3)).astype(np.float32)
+    if ties:
+        array = np.round(array * 2) / 2
+    if nans:
+        array[rng.random(array.shape) < 0.2] = np.nan
+    np.testing.assert_array_equal(channel_argmax(array), np.argmax(array, axis=0))
+
+
+def test_channel_argmax_on_real_probabilities(t1_bands):
+    from clara_napari.core.transforms.labels import channel_argmax
+
+    scores = np.stack([t1_bands[0] == v for v in range(4)]).astype(np.float32) * 0.7 + 0.1
+    np.testing.assert_array_equal(channel_argmax(scores), np.argmax(scores, axis=0))

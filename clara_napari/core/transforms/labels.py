@@ -74,8 +74,29 @@ class ArgmaxAcrossChannels(FieldsMixin, Transform):
 
     def __call__(self, sample: Sample) -> None:
         for key, array in _label_fields(sample, self.fields, self.config_name):
-            labels = np.argmax(array, axis=0)[None] if array.ndim == 4 else (array > 0.5)
+            labels = channel_argmax(array)[None] if array.ndim == 4 else (array > 0.5)
             sample.put(key, labels.astype(self.dtype), sample.meta[key].copy(is_label=True))
+
+
+def channel_argmax(array: np.ndarray) -> np.ndarray:
+    """``np.argmax(array, axis=0)`` (first maximum wins, a NaN counts as the maximum), channel by channel.
+
+    ``np.argmax`` across the first axis of a ``[C, X, Y, Z]`` array walks it with a stride of a whole
+    channel; comparing contiguous channels is several times faster for the usual 2 or 3 channels.
+    """
+    if array.shape[0] > 255 or array.dtype.kind != "f":
+        return np.argmax(array, axis=0)
+    index = np.zeros(array.shape[1:], dtype=np.uint8)
+    best = array[0].copy()
+    best_nan = np.isnan(best)
+    for channel in range(1, array.shape[0]):
+        candidate = array[channel]
+        nan = np.isnan(candidate)
+        better = (candidate > best) | (nan & ~best_nan)
+        index[better] = channel
+        np.copyto(best, candidate, where=better)
+        best_nan |= nan
+    return index
 
 
 @TRANSFORMS.register("ThresholdChannel")
