@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="the tiny workload, one round (a smoke test)")
     bench.add_argument("--repeat", type=int, default=3, help="timing rounds, interleaved (default 3)")
     bench.add_argument("--json", dest="json_file", help="also write the results to this JSON file")
-    bench.add_argument("--variants", help="comma-separated subset of floor, local, triton-http, triton-grpc, "
-                                          "triton-shm, monai, json-transport (default: all the workload runs)")
+    bench.add_argument("--variants", help="comma-separated subset of floor-openvino, floor-onnxruntime (floor: "
+                                          "both), local, triton-http, triton-grpc, triton-shm, monai, torch, "
+                                          "json-transport (default: all the workload runs)")
     bench.add_argument("--threads", type=int, default=None, help="onnxruntime and torch threads (default: all cores)")
     bench.add_argument("--runtime", choices=["openvino", "onnxruntime"], default=None,
                        help="the runtime of the local and Triton rows (default: openvino where installed)")
