@@ -290,3 +290,46 @@ def test_embedded_server_serves_every_format_with_the_runtime_layer(repository, 
                 model.close()
             assert out.shape == expected.shape, name
             np.testing.assert_allclose(out, expected, atol=2e-5, err_msg=name)
+
+
+# -- the whole brain app with every runtime ------------------------------------------------------
+@pytest.fixture(scope="module")
+def brain_labels_by_runtime(mr_t1_path):
+    """The bundled T1 segmented by the brain app with each runtime (TorchScript: deepbet's own model.pt)."""
+    from clara_napari.core.apps import resolve_app, sample_data_dir
+    from clara_napari.core.pipeline import segment_volume
+    from clara_napari.core.volume import read_volume
+
+    app = resolve_app("brain_extraction_t1")
+    volume = read_volume(mr_t1_path)
+    sources = [("openvino", app.model_repository), ("onnxruntime", app.model_repository)]
+    if torch_installed():
+        sources.append(("torch", sample_data_dir() / "torchscript"))
+    labels = {}
+    for runtime, repository in sources:
+        model = LocalBackend(threads=2, runtime=runtime).open(repository, app.config.model_name)
+        try:
+            assert model.runtime == runtime
+            labels[runtime] = segment_volume(volume, app.config, model).labels
+        finally:
+            model.close()
+    return labels
+
+
+@pytest.mark.slow
+def test_every_runtime_keeps_the_dice_on_the_bundled_t1(brain_labels_by_runtime, brain_mask_path):
+    from clara_napari.core.volume import read_volume
+
+    reference = read_volume(brain_mask_path).array > 0
+    for runtime, labels in brain_labels_by_runtime.items():
+        mask = labels.array > 0
+        dice = 2 * np.logical_and(mask, reference).sum() / (mask.sum() + reference.sum())
+        assert dice >= 0.940, (runtime, dice)
+
+
+@pytest.mark.slow
+def test_runtimes_agree_on_the_bundled_t1(brain_labels_by_runtime):
+    base = brain_labels_by_runtime["onnxruntime"].array
+    for runtime, labels in brain_labels_by_runtime.items():
+        agreement = float(np.mean(labels.array == base))
+        assert agreement >= 0.999, (runtime, agreement)
