@@ -333,3 +333,9 @@ def test_runtimes_agree_on_the_bundled_t1(brain_labels_by_runtime):
     for runtime, labels in brain_labels_by_runtime.items():
         agreement = float(np.mean(labels.array == base))
         assert agreement >= 0.999, (runtime, agreement)
+
+
+def test_uncopied_outputs_are_the_same_numbers(repository, batch):
+    engine = open_engine(repository / "tiny_onnx" / "1" / "model.onnx", "onnxruntime_onnx", runtime="openvino")
+    view = engine.run({"x": batch}, ["y"], copy=False)[0]
+    np.testing.assert_allclose(view, reference(batch), atol=2e-5)

@@ -57,7 +57,8 @@ class Engine(Protocol):
     output_names: list[str]
     description: str
 
-    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]: ...
+    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, copy: bool = True) -> list[np.ndarray]:
+        """Outputs in the order of ``outputs``; ``copy=False`` allows views valid until this thread's next call."""
 
 
 def installed(runtime: str) -> bool:

@@ -37,7 +37,7 @@ class OnnxRuntimeEngine:
     def has_output(self, name: str) -> bool:
         return name in self.output_names
 
-    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, copy: bool = True) -> list[np.ndarray]:
         from . import first_line
 
         try:  # InferenceSession.run is thread-safe

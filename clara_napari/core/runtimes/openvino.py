@@ -118,7 +118,9 @@ class OpenVinoEngine:
             request = self._local.request = self.compiled.create_infer_request()
         return request
 
-    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, copy: bool = True) -> list[np.ndarray]:
+        """``copy=False``: views of this thread's output buffers, valid until its next call (for a
+        caller that copies them at once, like the Triton model program writing its response)."""
         request = self._request()
         feed = {self._ports[("in", name)]: np.ascontiguousarray(array) for name, array in inputs.items()}
         try:
@@ -128,8 +130,8 @@ class OpenVinoEngine:
 
             raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "
                                      f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from None
-        # the request reuses its output buffers on the next call: hand out copies
-        results = [np.array(request.get_tensor(self._ports[("out", name)]).data, copy=True) for name in outputs]
+        # the request reuses its output buffers on the next call: hand out copies unless told
+        results = [np.array(request.get_tensor(self._ports[("out", name)]).data, copy=copy) for name in outputs]
         if any(r.size == 0 for r in results) and all(a.size for a in inputs.values()):
             # OpenVINO's CPU plugin answers some shapes the network cannot take with empty outputs
             raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "

@@ -61,7 +61,7 @@ class TorchScriptEngine:
         self.input_names, self.output_names = list(input_names), list(output_names)
         return self
 
-    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, copy: bool = True) -> list[np.ndarray]:
         from . import first_line
 
         torch = self.torch
