@@ -339,3 +339,17 @@ def test_uncopied_outputs_are_the_same_numbers(repository, batch):
     engine = open_engine(repository / "tiny_onnx" / "1" / "model.onnx", "onnxruntime_onnx", runtime="openvino")
     view = engine.run({"x": batch}, ["y"], copy=False)[0]
     np.testing.assert_allclose(view, reference(batch), atol=2e-5)
+
+
+def test_a_model_may_name_its_preferred_runtime_and_the_user_overrides_it(repository, tmp_path):
+    import shutil
+
+    shutil.copytree(repository / "tiny_onnx", tmp_path / "tiny_onnx")
+    config = tmp_path / "tiny_onnx" / "config.pbtxt"
+    config.write_text(config.read_text() +
+                      'parameters { key: "clara_napari_runtime" value { string_value: "onnxruntime" } }\n')
+    assert find_model(tmp_path, "tiny_onnx").preferred_runtime == "onnxruntime"
+    assert LocalBackend(threads=1).open(tmp_path, "tiny_onnx").runtime == "onnxruntime"
+    assert LocalBackend(threads=1, runtime="openvino").open(tmp_path, "tiny_onnx").runtime == "openvino"
+    assert choose_runtime("openvino", preferred="onnxruntime") == "openvino"   # impossible preference: ignored
+    assert find_model(MODELS, "lung_air_density").preferred_runtime == "onnxruntime"

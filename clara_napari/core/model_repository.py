@@ -46,6 +46,9 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     default_model_filename: str = ""
     path: Path | None = None
+    #: ``parameters { key: "clara_napari_runtime" ... }``: the runtime this model runs best on here
+    #: (used when the user names none; a stock Triton ignores the parameter)
+    preferred_runtime: str = ""
 
     @property
     def runtime(self) -> str:
@@ -96,10 +99,11 @@ def spec_from_proto(config, path: Path | None = None) -> ModelSpec:
         return tuple(TensorSpec(t.name, datatype_name(t.data_type), tuple(int(d) for d in t.dims)) for t in items)
 
     name = config.name or (path.parent.name if path is not None else "")
+    preferred = config.parameters["clara_napari_runtime"].string_value if "clara_napari_runtime" in config.parameters else ""
     return ModelSpec(name=name, platform=config.platform, backend=config.backend,
                      max_batch_size=int(config.max_batch_size), inputs=tensors(config.input),
                      outputs=tensors(config.output), default_model_filename=config.default_model_filename,
-                     path=path)
+                     path=path, preferred_runtime=preferred.strip().lower())
 
 
 def read_model_config(path: str | Path) -> ModelSpec:

@@ -362,7 +362,7 @@ class EmbeddedServer:
         """The runtime serving ``spec``: the requested one where its format admits it, else the default."""
         requested = self.runtime if self.runtime in FORMAT_RUNTIMES.get(spec.runtime, ()) else None
         try:
-            return choose_runtime(spec.runtime, requested, where=str(spec.path))
+            return choose_runtime(spec.runtime, requested, where=str(spec.path), preferred=spec.preferred_runtime)
         except ConfigError as exc:
             log.warning("%s; skipped", exc)
             return None

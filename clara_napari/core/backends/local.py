@@ -23,7 +23,8 @@ class RuntimeModel:
         self.spec = spec
         self.input = pick_tensor(spec.inputs, input_name, "input", spec.name)
         self.output = pick_tensor(spec.outputs, output_name, "output", spec.name)
-        self.engine = open_engine(model_file, spec.runtime, runtime=runtime, threads=threads)
+        self.engine = open_engine(model_file, spec.runtime, runtime=runtime, threads=threads,
+                                  preferred=spec.preferred_runtime)
         if hasattr(self.engine, "bind"):  # TorchScript: positions from the config's names
             self.engine.bind([t.name for t in spec.inputs], [t.name for t in spec.outputs])
         if not self.engine.has_input(self.input.name) or not self.engine.has_output(self.output.name):

@@ -71,8 +71,10 @@ def is_supported_format(model_format: str) -> bool:
     return model_format in FORMAT_RUNTIMES
 
 
-def choose_runtime(model_format: str, requested: str | None = None, *, where: str = "") -> str:
-    """The runtime that runs ``model_format``: ``requested`` if given (checked), else the fastest installed."""
+def choose_runtime(model_format: str, requested: str | None = None, *, where: str = "", preferred: str = "") -> str:
+    """The runtime that runs ``model_format``: ``requested`` if given (checked), else ``preferred`` (the
+    model's own ``clara_napari_runtime`` parameter) where it is possible and installed, else the fastest
+    installed."""
     where = f"{where}: " if where else ""
     choices = FORMAT_RUNTIMES.get(model_format)
     if choices is None:
@@ -88,7 +90,7 @@ def choose_runtime(model_format: str, requested: str | None = None, *, where: st
         if not installed(requested):
             raise ConfigError(f"{where}the {requested} runtime is not installed (pip install {requested}).")
         return requested
-    for runtime in choices:
+    for runtime in ([preferred] if preferred in choices else []) + list(choices):
         if installed(runtime):
             return runtime
     raise ConfigError(f"{where}no runtime for {model_format!r} models is installed "
@@ -105,13 +107,13 @@ _CACHE_SIZE = 4
 
 
 def open_engine(model_file: str | Path, model_format: str, *, runtime: str | None = None,
-                threads: int | None = None) -> Engine:
+                threads: int | None = None, preferred: str = "") -> Engine:
     """The engine running ``model_file`` (a ``model_format`` model), loaded once per process.
 
     A file changed on disk (size or time) is loaded again; the last few engines stay cached.
     """
     path = Path(model_file)
-    chosen = choose_runtime(model_format, runtime, where=str(path))
+    chosen = choose_runtime(model_format, runtime, where=str(path), preferred=preferred)
     threads = default_threads(threads)
     try:
         stat = path.stat()
