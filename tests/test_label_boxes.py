@@ -1,4 +1,4 @@
-"""KeepLargestCC and FillHoles work inside each label's bounding box: the same answers as before.
+"""KeepLargestCC, FillHoles and RemoveBorderConnected work inside each label's bounding box: the same answers as before.
 
 The reference is the former whole-volume implementation (``scipy.ndimage.label`` /
 ``binary_fill_holes`` on the full array, label by label), kept here verbatim. Real volumes (the T1
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from clara_napari.core.transforms.labels import FillHoles, KeepLargestCC
+from clara_napari.core.transforms.labels import FillHoles, KeepLargestCC, RemoveBorderConnected
 from clara_napari.core.volume import read_volume
 
 
@@ -44,6 +44,19 @@ def old_fill_holes(array, structure):
     return old_per_label(array, lambda mask: ndimage.binary_fill_holes(mask, structure=structure) & (mask | background))
 
 
+def old_remove_border(array, structure, include_z=False):
+    def inner(mask):
+        labelled, _ = ndimage.label(mask, structure=structure)
+        sp = labelled if labelled.ndim == 3 else labelled[0]
+        faces = [sp[0], sp[-1], sp[:, 0], sp[:, -1]]
+        if include_z:
+            faces += [sp[:, :, 0], sp[:, :, -1]]
+        touching = np.unique(np.concatenate([f.ravel() for f in faces]))
+        return mask & ~np.isin(labelled, touching[touching > 0])
+
+    return old_per_label(array, inner)
+
+
 def check(array: np.ndarray, connectivity: int, num_components: int = 1, ratio: float = 0.0) -> None:
     keep = KeepLargestCC(fields=["model"], connectivity=connectivity, num_components=num_components,
                          min_size_ratio=ratio)
@@ -51,6 +64,9 @@ def check(array: np.ndarray, connectivity: int, num_components: int = 1, ratio: 
     structure = keep.structure(array.ndim)
     np.testing.assert_array_equal(keep.apply(array), old_keep_largest(array, structure, num_components, ratio))
     np.testing.assert_array_equal(fill.apply(array), old_fill_holes(array, structure))
+    for include_z in (False, True):
+        border = RemoveBorderConnected(fields=["model"], connectivity=connectivity, include_z=include_z)
+        np.testing.assert_array_equal(border.apply(array), old_remove_border(array, structure, include_z))
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +120,12 @@ def test_channel_argmax_on_real_probabilities(t1_bands):
 
     scores = np.stack([t1_bands[0] == v for v in range(4)]).astype(np.float32) * 0.7 + 0.1
     np.testing.assert_array_equal(channel_argmax(scores), np.argmax(scores, axis=0))
+
+
+@given(seed=st.integers(0, 2**31 - 1), connectivity=st.sampled_from([1, 3]))
+def test_several_channels_give_the_old_answers(seed, connectivity):
+    rng = np.random.default_rng(seed)
+    shape = (2,) + tuple(int(s) for s in rng.integers(2, 7, size=3))
+    array = np.where(rng.random(shape) < 0.5, rng.integers(1, 3, size=shape), 0).astype(np.uint8)
+    array[0][array[0] == 2] = 0   # label 2 only in channel 1: its box starts at channel 1
+    check(array, connectivity)

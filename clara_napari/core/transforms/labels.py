@@ -251,13 +251,30 @@ class RemoveBorderConnected(_Morphology):
 
         structure = self.structure(array.ndim)
 
-        def inner(mask):
+        axes = (0, 1, 2) if self.include_z else (0, 1)
+        lead = array.ndim - 3   # 1 for [C, X, Y, Z]: only channel 0's components can touch (as before)
+        out = np.zeros_like(array)
+        # a component lies inside its label's bounding box; it touches a face of the volume only
+        # where the box reaches that face
+        for value, box in _label_boxes(array):
+            crop = array[box]
+            mask = crop == value
+            if lead and box[0].start != 0:
+                out[box][mask] = value
+                continue
             labelled, _ = ndimage.label(mask, structure=structure)
             sp = labelled if labelled.ndim == 3 else labelled[0]
-            faces = [sp[0], sp[-1], sp[:, 0], sp[:, -1]]
-            if self.include_z:
-                faces += [sp[:, :, 0], sp[:, :, -1]]
-            touching = np.unique(np.concatenate([f.ravel() for f in faces]))
-            return mask & ~np.isin(labelled, touching[touching > 0])
-
-        return _per_label(array, inner)
+            faces = []
+            for axis in axes:
+                whole = box[lead + axis]
+                if whole.start == 0:
+                    faces.append(np.take(sp, 0, axis=axis).ravel())
+                if whole.stop == array.shape[lead + axis]:
+                    faces.append(np.take(sp, -1, axis=axis).ravel())
+            if faces:
+                touching = np.zeros(labelled.max() + 1, dtype=bool)
+                touching[np.concatenate(faces)] = True
+                touching[0] = False
+                mask &= ~touching[labelled]
+            out[box][mask] = value
+        return out
