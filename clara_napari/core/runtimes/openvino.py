@@ -105,6 +105,11 @@ class OpenVinoEngine:
         self.precision = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
         self.description = f"openvino CPU {self.precision} ({threads} threads)"
         self._local = threading.local()
+        # OpenVINO's calls from two threads at once deadlocked once in our runs (a C++ static
+        # initialisation guard held by a thread waiting for the GIL, against a thread holding the
+        # GIL at the same guard); with the latency hint there is one stream, so requests run one
+        # at a time anyway: the lock costs no throughput, the caller's stitching still overlaps
+        self._lock = threading.Lock()
 
     def has_input(self, name: str) -> bool:
         return ("in", name) in self._ports
@@ -112,7 +117,7 @@ class OpenVinoEngine:
     def has_output(self, name: str) -> bool:
         return ("out", name) in self._ports
 
-    def _request(self):
+    def _request(self):  # with self._lock held
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
@@ -121,17 +126,18 @@ class OpenVinoEngine:
     def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, copy: bool = True) -> list[np.ndarray]:
         """``copy=False``: views of this thread's output buffers, valid until its next call (for a
         caller that copies them at once, like the Triton model program writing its response)."""
-        request = self._request()
         feed = {self._ports[("in", name)]: np.ascontiguousarray(array) for name, array in inputs.items()}
-        try:
-            request.infer(feed, share_inputs=True, share_outputs=True)
-        except Exception as exc:  # e.g. a window size the network cannot take
-            from . import first_line
+        with self._lock:
+            request = self._request()
+            try:
+                request.infer(feed, share_inputs=True, share_outputs=True)
+            except Exception as exc:  # e.g. a window size the network cannot take
+                from . import first_line
 
-            raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "
-                                     f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from None
-        # the request reuses its output buffers on the next call: hand out copies unless told
-        results = [np.array(request.get_tensor(self._ports[("out", name)]).data, copy=copy) for name in outputs]
+                raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "
+                                         f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from None
+            # the request reuses its output buffers on the next call: hand out copies unless told
+            results = [np.array(request.get_tensor(self._ports[("out", name)]).data, copy=copy) for name in outputs]
         if any(r.size == 0 for r in results) and all(a.size for a in inputs.values()):
             # OpenVINO's CPU plugin answers some shapes the network cannot take with empty outputs
             raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "
