@@ -4,18 +4,23 @@ One workload (a bundled volume, its app's pre-transforms done once) gives one fl
 one window plan; every *variant* below runs exactly that job, interleaved round by round so that
 machine noise hits all of them alike:
 
-``floor``           onnxruntime in this process on the same windows; the sum of the forward
-                    calls only (no window extraction, no stitching): the model alone.
-``local``           our engine (``sliding_window``) with the local onnxruntime backend, the app's
-                    batch size and requests in flight (what ``--server local`` runs).
+``floor-openvino``  OpenVINO (CPU, f32) in this process on the same windows; the sum of the
+                    forward calls only (no window extraction, no stitching): the model alone, and
+                    the floor every ratio is taken against.
+``floor-onnxruntime`` the same with onnxruntime (the former ``floor``).
+``local``           our engine (``sliding_window``) with the local backend and the default runtime
+                    (``--runtime``), the app's batch size and requests in flight (what
+                    ``--server local`` runs).
 ``triton-http``     our engine through the embedded Triton server, binary HTTP, no shared memory.
 ``triton-grpc``     the same over gRPC.
 ``triton-shm``      the same with system shared memory (HTTP for control only): the default on
                     one host.
 ``monai``           MONAI's ``sliding_window_inference`` with the same window, overlap, blending,
-                    padding value and an onnxruntime predictor (the same session options and
-                    threads as ``local``); skipped with a note when torch/monai are missing
-                    (``pip install -e ".[bench]"``).
+                    padding value and the ``local`` predictor (same runtime and threads); skipped
+                    with a note when torch/monai are missing (``pip install -e ".[bench]"``).
+``torch``           MONAI's natural path: ``sliding_window_inference`` calling the TorchScript
+                    network (deepbet's own ``model.pt``, ``sample_data/torchscript``) in torch;
+                    brain workloads only (the lung model has no TorchScript file).
 ``json-transport``  our engine through the embedded server with the inputs JSON-encoded
                     (``binary_data=False``; outputs binary), as MONAI Deploy's Triton client sends
                     them.
@@ -28,6 +33,10 @@ baseline) during one run of the job. For the Triton variants the server's proces
 (``tritonserver`` and its python-backend stub) are measured the same way and added
 (``peak_rss_server_mb``). The target compares that peak with the input as
 float32 plus the output accumulator.
+
+End to end: for ``local``, the Triton rows and ``torch``, one more run of the whole app on the
+workload's volume (read → pre-transforms → windows → post-transforms → write), timed per stage
+(``end_to_end`` in the JSON); not for the resampled workloads.
 
 ``python -m clara_napari.bench`` is the same command; ``--probe`` is its internal memory probe.
 """
@@ -53,7 +62,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-VARIANTS = ("floor", "local", "triton-http", "triton-grpc", "triton-shm", "monai", "json-transport")
+VARIANTS = ("floor-openvino", "floor-onnxruntime", "local", "triton-http", "triton-grpc", "triton-shm", "monai",
+            "torch", "json-transport")
+FLOORS = ("floor-openvino", "floor-onnxruntime")
+#: rows that get an end-to-end run of the whole app
+END_TO_END = ("local", "triton-http", "triton-grpc", "triton-shm", "torch")
+TORCHSCRIPT = "torchscript"   # sample_data/torchscript/<model>/1/model.pt
 TRITON_VARIANTS = ("triton-http", "triton-grpc", "triton-shm", "json-transport")
 
 
@@ -99,13 +113,14 @@ class Job:
     repository: Path
     out_channels: int
     threads: int
+    runtime: str = ""                 # the local and Triton rows' runtime ("" = the default)
 
     @property
     def params(self) -> dict:
         return {"workload": self.workload, "roi": list(self.roi), "overlap": self.overlap, "blending": self.blending,
                 "pad_value": self.pad_value, "batch_size": self.batch_size, "in_flight": self.in_flight,
                 "model_name": self.model_name, "repository": str(self.repository),
-                "out_channels": self.out_channels, "threads": self.threads}
+                "out_channels": self.out_channels, "threads": self.threads, "runtime": self.runtime}
 
     @classmethod
     def from_params(cls, params: dict, image: np.ndarray) -> "Job":
@@ -133,7 +148,7 @@ class Job:
         return math.prod(self.plan.padded_shape) * self.out_channels * 4 / 2**20
 
 
-def prepare_job(workload: Workload, threads: int) -> Job:
+def prepare_job(workload: Workload, threads: int, runtime: str = "") -> Job:
     """Read the volume and run the app's pre-transforms once (Clara's (x, y, z) channels-first array)."""
     from .core.apps import resolve_app, sample_data_dir
     from .core.backends.base import fixed_window
@@ -172,7 +187,7 @@ def prepare_job(workload: Workload, threads: int) -> Job:
                blending=inferer.blending, pad_value=inferer.pad_value,
                batch_size=inferer.batch_size or config.batch_size or 1, in_flight=inferer.requests_in_flight,
                model_name=config.model_name, repository=app.model_repository,
-               out_channels=int(spec.outputs[0].dims[0]), threads=threads)
+               out_channels=int(spec.outputs[0].dims[0]), threads=threads, runtime=runtime or "")
 
 
 # -- variants --------------------------------------------------------------------------------
@@ -205,6 +220,13 @@ class Runner:
         first = next(plan.windows())
         return np.ascontiguousarray(image[(slice(None),) + first][None])
 
+    def first_batch(self) -> np.ndarray:
+        """The first ``batch_size`` windows (a warm-up at the shape the run uses: OpenVINO and
+        TorchScript prepare each new input shape on its first call)."""
+        image = self._padded()
+        windows = list(self.job.plan.windows())[: self.job.batch_size]
+        return np.ascontiguousarray(np.stack([image[(slice(None),) + w] for w in windows]))
+
     def _padded(self) -> np.ndarray:
         plan = self.job.plan
         if any(a or b for a, b in plan.pad):
@@ -212,30 +234,28 @@ class Runner:
         return self.job.image
 
 
-def _session(job: Job):
-    import onnxruntime as ort
-
-    from .core.model_repository import find_model
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = job.threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    spec = find_model(job.repository, job.model_name)
-    session = ort.InferenceSession(str(spec.model_file()), options, providers=["CPUExecutionProvider"])
-    return session, spec
-
-
 class FloorRunner(Runner):
-    """onnxruntime alone: every window's forward call, timed one by one and summed."""
+    """One runtime alone: every window's forward call, timed one by one and summed."""
 
-    name = "floor"
+    def __init__(self, job: Job, server: "ServerInfo | None", runtime: str) -> None:
+        super().__init__(job, server)
+        self.runtime, self.name = runtime, f"floor-{runtime}"
 
     def setup(self) -> None:
-        self.session, spec = _session(self.job)
+        from .core.errors import ConfigError
+        from .core.model_repository import find_model
+        from .core.runtimes import open_engine
+
+        spec = find_model(self.job.repository, self.job.model_name)
+        try:
+            engine = open_engine(spec.model_file(), spec.runtime, runtime=self.runtime, threads=self.job.threads)
+        except ConfigError as exc:
+            raise Skip(str(exc)) from None
         self.input_name, self.output_name = spec.inputs[0].name, spec.outputs[0].name
+        self.session = _EngineSession(engine)
         self.session.run([self.output_name], {self.input_name: self.window()})
-        self.note = f"onnxruntime {self.job.threads} threads, forward calls only"
+        self.session.run([self.output_name], {self.input_name: self.first_batch()})
+        self.note = f"{engine.description}, forward calls only"
 
     def run(self) -> tuple[float, None]:
         image = self._padded()
@@ -248,6 +268,16 @@ class FloorRunner(Runner):
             total += time.perf_counter() - start
             del batch
         return total, None
+
+
+class _EngineSession:
+    """A runtime engine with onnxruntime's ``run(outputs, feed)`` call."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def run(self, outputs, feed):
+        return self.engine.run(feed, outputs)
 
 
 class EngineRunner(Runner):
@@ -280,7 +310,8 @@ class LocalRunner(EngineRunner):
     def predictor(self):
         from .core.backends.local import LocalBackend
 
-        model = LocalBackend(threads=self.job.threads).open(self.job.repository, self.job.model_name)
+        model = LocalBackend(threads=self.job.threads, runtime=self.job.runtime or None).open(
+            self.job.repository, self.job.model_name)
         self.note = f"{model.description}, {self.job.in_flight} in flight"
         return model
 
@@ -372,7 +403,8 @@ class MonaiRunner(Runner):
 
         torch.set_num_threads(self.job.threads)
         self.torch, self.swi = torch, sliding_window_inference
-        self.model = LocalBackend(threads=self.job.threads).open(self.job.repository, self.job.model_name)
+        self.model = LocalBackend(threads=self.job.threads, runtime=self.job.runtime or None).open(
+            self.job.repository, self.job.model_name)
         self.model.predict(self.window())
         self.note = (f"MONAI {monai.__version__}, torch {torch.__version__.split('+')[0]} "
                      f"({torch.get_num_threads()} threads), {self.model.description}, {self._same_windows()}")
@@ -411,9 +443,88 @@ class MonaiRunner(Runner):
             self.model.close()
 
 
+class TorchRunner(Runner):
+    """MONAI's ``sliding_window_inference`` calling deepbet's TorchScript network in torch (no NumPy)."""
+
+    name = "torch"
+
+    def setup(self) -> None:
+        from .core.apps import sample_data_dir
+
+        try:
+            import torch
+            from monai.inferers import sliding_window_inference
+        except ImportError as exc:
+            raise Skip(f"not installed ({exc.name}); pip install -e '.[bench]'") from None
+        folder = sample_data_dir() / TORCHSCRIPT / self.job.model_name
+        if not (folder / "1" / "model.pt").is_file():
+            raise Skip(f"no TorchScript file of {self.job.model_name} ({folder / '1' / 'model.pt'})")
+        torch.set_num_threads(self.job.threads)
+        self.torch, self.swi = torch, sliding_window_inference
+        self.network = torch.jit.load(str(folder / "1" / "model.pt"), map_location="cpu").eval()
+        with torch.inference_mode():
+            for _ in range(2):   # TorchScript's profiling executor optimises on the first calls
+                self.network(torch.from_numpy(self.first_batch()))
+        self.note = (f"TorchScript on torch {torch.__version__.split('+')[0]} ({torch.get_num_threads()} threads), "
+                     f"MONAI's sliding window")
+
+    def predict_volume(self, image: np.ndarray) -> np.ndarray:
+        job = self.job
+        with self.torch.inference_mode():
+            out = self.swi(self.torch.from_numpy(image[None]), list(job.roi), job.batch_size, self.network,
+                           overlap=job.overlap, mode=job.blending, sigma_scale=0.125, padding_mode="constant",
+                           cval=job.pad_value)
+        return out[0].numpy()
+
+    def run(self) -> tuple[float, np.ndarray]:
+        start = time.perf_counter()
+        result = self.predict_volume(self.job.image)
+        return time.perf_counter() - start, result
+
+
+def end_to_end(workload: Workload, runner: Runner, job: Job) -> dict | None:
+    """One run of the whole app with ``runner``'s model: read → pre → windows → post → write, seconds each.
+
+    Through the project's pipeline (``segment_volume``) and the app's writers, as ``clara-napari run``
+    does; the torch row uses the local backend's TorchScript runtime on deepbet's ``model.pt``.
+    """
+    from .core.apps import resolve_app, sample_data_dir
+    from .core.pipeline import segment_volume
+    from .core.volume import read_volume
+
+    if workload.resample_mm or workload.roi:
+        return None
+    model = getattr(runner, "model", None)
+    if isinstance(runner, TorchRunner):
+        from .core.backends.local import LocalBackend
+
+        model = LocalBackend(threads=job.threads, runtime="torch").open(sample_data_dir() / TORCHSCRIPT,
+                                                                           job.model_name)
+    if model is None or not hasattr(model, "spec"):
+        return None
+    app = resolve_app(workload.app)
+    start = time.perf_counter()
+    volume = read_volume(sample_data_dir() / workload.input)
+    read = time.perf_counter() - start
+    segmentation = segment_volume(volume, app.config, model)
+    timings = segmentation.timings
+    with tempfile.TemporaryDirectory(prefix="clara-napari-bench-e2e-") as tmp:
+        clock = time.perf_counter()
+        for index, (writer, out) in enumerate(segmentation.outputs):
+            writer.write(out, writer.target(Path(tmp), "bench", index), overwrite=True)
+        write = time.perf_counter() - clock
+    total = time.perf_counter() - start
+    return {"read_s": round(read, 3), "pre_s": round(timings.get("pre_transforms", 0.0), 3),
+            "windows_s": round(timings.get("inference", 0.0), 3),
+            "post_s": round(timings.get("post_transforms", 0.0) + timings.get("restore_geometry", 0.0), 3),
+            "write_s": round(write, 3), "total_s": round(total, 3), "model": model.description}
+
+
 def make_runner(name: str, job: Job, server: "ServerInfo | None") -> Runner:
-    if name == "floor":
-        return FloorRunner(job, server)
+    if name in FLOORS:
+        return FloorRunner(job, server, name[len("floor-"):])
+    if name == "torch":
+        return TorchRunner(job, server)
     if name == "local":
         return LocalRunner(job, server)
     if name == "triton-http":
@@ -545,7 +656,7 @@ def _probe_main(spec_text: str) -> int:
         if spec["variant"] in TRITON_VARIANTS:
             from .core.server import EmbeddedServer
 
-            embedded = EmbeddedServer(job.repository, threads=job.threads).start()
+            embedded = EmbeddedServer(job.repository, threads=job.threads, runtime=job.runtime or None).start()
             server = ServerInfo(embedded.host, dict(embedded.ports), embedded.process.pid, embedded.version)
         result = probe_memory(spec["variant"], job, server)
     except Skip as exc:
@@ -566,6 +677,7 @@ class Result:
     skipped: str = ""
     max_abs_diff_vs_local: float | None = None
     memory: dict = field(default_factory=dict)
+    end_to_end: dict | None = None
 
     def row(self, floor: float | None) -> dict:
         row: dict[str, Any] = {"name": self.name}
@@ -585,6 +697,8 @@ class Result:
             row["memory_error"] = self.memory["error"]
         if self.max_abs_diff_vs_local is not None:
             row["max_abs_diff_vs_local"] = self.max_abs_diff_vs_local
+        if self.end_to_end:
+            row["end_to_end"] = self.end_to_end
         row["note"] = self.note
         return row
 
@@ -600,7 +714,7 @@ def machine_info(server: ServerInfo | None) -> dict:
     with contextlib.suppress(OSError, ValueError):
         memory_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
     versions = {}
-    for module in ("numpy", "onnxruntime", "tritonclient", "torch", "monai"):
+    for module in ("numpy", "openvino", "onnxruntime", "tritonclient", "torch", "monai"):
         with contextlib.suppress(Exception):
             from importlib.metadata import version
 
@@ -613,12 +727,12 @@ def machine_info(server: ServerInfo | None) -> dict:
 
 
 def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threads: int, memory: bool = True,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, runtime: str = "") -> dict:
     from .core.server import EmbeddedServer
 
     started = time.perf_counter()
     load_before = os.getloadavg()
-    job = prepare_job(workload, threads)
+    job = prepare_job(workload, threads, runtime)
     plan = job.plan
     log(f"workload {workload.name}: {workload.description}")
     log(f"  image {list(job.image.shape)} float32 ({job.input_mb:.1f} MB), {len(plan)} windows of {list(job.roi)}, "
@@ -628,7 +742,7 @@ def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threa
     embedded = None
     try:
         if any(v in TRITON_VARIANTS for v in variants):
-            embedded = EmbeddedServer(job.repository, threads=threads).start()
+            embedded = EmbeddedServer(job.repository, threads=threads, runtime=job.runtime or None).start()
             server = ServerInfo(embedded.host, dict(embedded.ports), embedded.process.pid, embedded.version)
         results = {name: Result(name) for name in variants}
         runners: dict[str, Runner] = {}
@@ -651,7 +765,7 @@ def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threa
                 gc.collect()
                 seconds, out = runners[name].run()
                 results[name].times.append(seconds)
-                if out is not None and round_ == 0:   # round 0 runs floor, then local, then the others
+                if out is not None and round_ == 0:   # round 0 runs the floors, then local, then the others
                     if name == "local":
                         reference = out
                     elif reference is not None and out.shape == reference.shape:
@@ -659,6 +773,14 @@ def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threa
                 del out
             log(f"  round {round_ + 1}/{repeat}: " + ", ".join(f"{n} {results[n].times[-1]:.2f}s" for n in order))
         reference = None
+        for name in order:
+            if name in END_TO_END:
+                gc.collect()
+                results[name].end_to_end = end_to_end(workload, runners[name], job)
+                if results[name].end_to_end:
+                    e2e = results[name].end_to_end
+                    log(f"  end to end {name}: {e2e['total_s']:.2f}s (read {e2e['read_s']:.2f}, pre {e2e['pre_s']:.2f}, "
+                        f"windows {e2e['windows_s']:.2f}, post {e2e['post_s']:.2f}, write {e2e['write_s']:.2f})")
         for runner in runners.values():
             runner.close()
         runners.clear()
@@ -678,14 +800,16 @@ def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threa
     finally:
         if embedded is not None:
             embedded.stop()
-    floor = statistics.median(results["floor"].times) if "floor" in results and results["floor"].times else None
+    floor = next((statistics.median(results[name].times) for name in FLOORS
+                  if name in results and results[name].times), None)
     machine = machine_info(server)
     machine["load_average_before"] = [round(v, 2) for v in load_before]
     machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     return {
         "workload": workload.name,
         "machine": machine,
-        "job": {"description": workload.description, "image_shape": list(job.image.shape), "voxels": job.voxels,
+        "floor": next((name for name in FLOORS if name in results and results[name].times), None),
+        "job": {"description": workload.description, "runtime": job.runtime or "default", "image_shape": list(job.image.shape), "voxels": job.voxels,
                 "windows": len(plan), "roi": list(job.roi), "overlap": job.overlap, "blending": job.blending,
                 "batch_size": job.batch_size, "in_flight": job.in_flight, "threads": threads,
                 "model": job.model_name, "input_mb": round(job.input_mb, 1),
@@ -702,20 +826,27 @@ def format_table(report: dict) -> str:
     lines = [f"{report['workload']}: {job['windows']} windows of {job['roi']} on {job['image_shape']} "
              f"({job['voxels'] / 1e6:.1f} M voxels); memory budget {job['memory_budget_mb']} MB = 1.5 x "
              f"(input {job['input_mb']} MB + accumulator {job['accumulator_mb']} MB)",
-             f"{'variant':<15} {'median s':>9} {'min s':>8} {'max s':>8} {'x floor':>8} {'peak MB':>8}  note",
+             f"{'variant':<17} {'median s':>9} {'min s':>8} {'max s':>8} {'x floor':>8} {'peak MB':>8}  note",
              "-" * 100]
     for row in report["results"]:
         if row.get("skipped"):
-            lines.append(f"{row['name']:<15} {'skipped':>9}  {row['skipped']}")
+            lines.append(f"{row['name']:<17} {'skipped':>9}  {row['skipped']}")
             continue
         ratio = row.get("ratio_to_floor")
         peak = row.get("peak_rss_mb")
         peak_text = f"{peak:.0f}" if isinstance(peak, (int, float)) else "-"
         if row.get("peak_rss_server_mb"):
             peak_text += f" ({row['peak_rss_client_mb']:.0f}+{row['peak_rss_server_mb']:.0f})"
-        lines.append(f"{row['name']:<15} {row['seconds_median']:>9.3f} {row['seconds_min']:>8.3f} "
+        lines.append(f"{row['name']:<17} {row['seconds_median']:>9.3f} {row['seconds_min']:>8.3f} "
                      f"{row['seconds_max']:>8.3f} {ratio if ratio is not None else '-':>8} {peak_text:>8}  "
                      f"{row.get('note', '')}")
+    e2e = [row for row in report["results"] if row.get("end_to_end")]
+    if e2e:
+        lines.append(f"end to end (one run; s)  {'read':>6} {'pre':>6} {'windows':>8} {'post':>6} {'write':>6} {'total':>6}")
+        for row in e2e:
+            t = row["end_to_end"]
+            lines.append(f"  {row['name']:<22} {t['read_s']:>6.2f} {t['pre_s']:>6.2f} {t['windows_s']:>8.2f} "
+                         f"{t['post_s']:>6.2f} {t['write_s']:>6.2f} {t['total_s']:>6.2f}")
     return "\n".join(lines)
 
 
@@ -727,12 +858,26 @@ def targets(report: dict) -> list[str]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    floor = rows.get("floor", {}).get("seconds_median")
+    floor = rows.get("floor-openvino", {}).get("seconds_median")
     triton = [rows[n] for n in ("triton-http", "triton-grpc", "triton-shm") if n in rows]
     best = min(triton, key=lambda r: r["seconds_median"]) if triton else None
+    lung = report["workload"] == "lung"
+    if floor and "floor-onnxruntime" in rows:
+        ratio = rows["floor-onnxruntime"]["seconds_median"] / floor
+        out.append(f"floor-onnxruntime {ratio:.2f} x floor-openvino (reported; expected >= 2.5 on the brain)")
+    if floor and "local" in rows:
+        ratio = rows["local"]["seconds_median"] / floor
+        out.append(f"local {ratio:.2f} x floor-openvino (target <= 1.15): {verdict(ratio <= 1.15)}")
     if floor and best:
         ratio = best["seconds_median"] / floor
-        out.append(f"best Triton path ({best['name']}) {ratio:.2f} x floor (target <= 1.2): {verdict(ratio <= 1.2)}")
+        limit = 2.0 if lung else 1.3
+        out.append(f"best Triton path ({best['name']}) {ratio:.2f} x floor-openvino (target <= {limit}): "
+                   f"{verdict(ratio <= limit)}")
+    e2e = rows.get("local", {}).get("end_to_end")
+    if floor and e2e:
+        ratio = e2e["total_s"] / floor
+        out.append(f"local end to end {e2e['total_s']:.2f} s = {ratio:.2f} x floor-openvino (target <= 1.6): "
+                   f"{verdict(ratio <= 1.6)}")
     if "local" in rows and "monai" in rows:
         ratio = rows["local"]["seconds_median"] / rows["monai"]["seconds_median"]
         out.append(f"local {ratio:.2f} x monai (target <= 1.0): {verdict(ratio <= 1.0)}")
@@ -742,7 +887,7 @@ def targets(report: dict) -> list[str]:
     budget = report["job"]["memory_budget_mb"]
     for row in report["results"]:
         peak = row.get("peak_rss_mb")
-        if isinstance(peak, (int, float)) and row["name"] not in ("floor",):
+        if isinstance(peak, (int, float)) and row["name"] not in FLOORS:
             out.append(f"{row['name']} peak {peak:.0f} MB above the baseline, {peak / budget * 1.5:.2f} x "
                        f"(input + accumulator) (target <= 1.5): {verdict(peak <= budget)}")
     return out
@@ -804,16 +949,21 @@ def main_args(args: argparse.Namespace) -> int:
         raise ConfigError("bench: --repeat must be at least 1.")
     if args.variants:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        if "floor" in variants:   # the former single floor: both now
+            at = variants.index("floor")
+            variants[at:at + 1] = [f for f in FLOORS if f not in variants]
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
             raise ConfigError(f"bench: unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)}).")
     else:
         variants = [v for v in VARIANTS if v not in workload.skip]
-    if "floor" not in variants:
-        variants.insert(0, "floor")
+    if not any(f in variants for f in FLOORS):
+        variants[:0] = list(FLOORS)
+    variants = [f for f in FLOORS if f in variants] + [v for v in variants if v not in FLOORS]
     threads = args.threads or os.cpu_count() or 1
     report = run_benchmark(workload, variants=variants, repeat=repeat, threads=threads, memory=not args.no_memory,
-                           log=lambda text: print(text, file=sys.stderr, flush=True))
+                           log=lambda text: print(text, file=sys.stderr, flush=True),
+                           runtime=getattr(args, "runtime", None) or "")
     print(format_table(report))
     for line in targets(report):
         print("  " + line)

@@ -45,14 +45,17 @@ def _folder(args: argparse.Namespace, key: str) -> Path:
 
 def _add_server_args(parser: argparse.ArgumentParser, repeatable: bool = False) -> None:
     parser.add_argument("--server", action="append" if repeatable else "store",
-                        help="'local' (onnxruntime in process), a Triton address (host:port or URL, "
+                        help="'local' (the model runs in process), a Triton address (host:port or URL, "
                         "grpc://host:port for gRPC); default: $NVIDIA_CLARA_TRTISURI, else the app's inferer args, "
                         "else an embedded Triton server" + ("; repeat it to spread the windows over several "
                                                             "servers (docs/scale.md)" if repeatable else ""))
     parser.add_argument("--protocol", choices=["http", "grpc"], help="protocol for --server host:port")
     parser.add_argument("--no-shm", action="store_true", help="never use system shared memory with Triton")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for a server or a request")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (local and embedded)")
+    parser.add_argument("--threads", type=int, default=None, help="model runtime threads (local and embedded)")
+    parser.add_argument("--runtime", choices=["openvino", "onnxruntime", "torch"], default=None,
+                        help="what runs the model locally and in the embedded server (default: openvino for ONNX "
+                             "where installed, else onnxruntime; torch for TorchScript)")
     parser.add_argument("--retries", type=int, default=None, help="retries after a lost connection (default 2)")
     parser.add_argument("--ready-timeout", type=float, default=None,
                         help="seconds to wait for the server and model to be ready (default 60)")
@@ -80,6 +83,8 @@ def _server_options(args: argparse.Namespace) -> dict:
         options["shared_memory"] = False
     if getattr(args, "timeout", None):
         options["timeout_s"] = args.timeout
+    if getattr(args, "runtime", None):
+        options["runtime"] = args.runtime
     if getattr(args, "retries", None) is not None:
         options["retries"] = args.retries
     if getattr(args, "ready_timeout", None):
@@ -162,9 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="the tiny workload, one round (a smoke test)")
     bench.add_argument("--repeat", type=int, default=3, help="timing rounds, interleaved (default 3)")
     bench.add_argument("--json", dest="json_file", help="also write the results to this JSON file")
-    bench.add_argument("--variants", help="comma-separated subset of floor, local, triton-http, triton-grpc, "
-                                          "triton-shm, monai, json-transport (default: all the workload runs)")
+    bench.add_argument("--variants", help="comma-separated subset of floor-openvino, floor-onnxruntime (floor: "
+                                          "both), local, triton-http, triton-grpc, triton-shm, monai, torch, "
+                                          "json-transport (default: all the workload runs)")
     bench.add_argument("--threads", type=int, default=None, help="onnxruntime and torch threads (default: all cores)")
+    bench.add_argument("--runtime", choices=["openvino", "onnxruntime"], default=None,
+                       help="the runtime of the local and Triton rows (default: openvino where installed)")
     bench.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
     bench.add_argument("--growth", nargs="+", metavar="JSON",
                        help="print how time and memory grow between earlier --json results (smallest first)")

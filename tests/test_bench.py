@@ -31,7 +31,8 @@ def test_quick_bench_writes_the_documented_json(quick_run):
     assert [row["name"] for row in report["results"]] == list(VARIANTS)
     for row in report["results"]:
         if row.get("skipped"):
-            assert row["name"] == "monai" and "install" in row["skipped"]   # only the optional peer may be missing
+            # only the optional peers may be missing
+            assert row["name"] in ("monai", "torch") and "install" in row["skipped"], row
             continue
         for key in ("seconds_median", "seconds_min", "seconds_max"):
             assert isinstance(row[key], float) and row[key] >= 0
@@ -49,6 +50,11 @@ def test_every_transport_computes_what_the_local_engine_computes(quick_run):
     if not rows["monai"].get("skipped"):   # MONAI places and weighs its windows its own way: close, not equal
         assert 0 <= rows["monai"]["max_abs_diff_vs_local"] <= 1.0
         assert "windows" in rows["monai"]["note"]
+    if not rows["torch"].get("skipped"):   # deepbet's own TorchScript through MONAI's windows
+        assert 0 <= rows["torch"]["max_abs_diff_vs_local"] <= 1.0
+        assert "TorchScript" in rows["torch"]["note"]
+    assert rows["floor-openvino"]["ratio_to_floor"] == 1.0 and "f32" in rows["floor-openvino"]["note"]
+    assert "onnxruntime" in rows["floor-onnxruntime"]["note"]
 
 
 def test_quick_bench_prints_the_table_and_the_targets(quick_run):
@@ -80,3 +86,20 @@ def test_unknown_variant_or_workload_is_refused(capsys):
     assert "warp-drive" in capsys.readouterr().err
     assert main(["bench", "--workload", "heart"]) == 2
     assert "heart" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_to_end_stages_of_the_local_row(model_repository):
+    from clara_napari.bench import WORKLOADS, LocalRunner, end_to_end, prepare_job
+
+    job = prepare_job(WORKLOADS["brain"], threads=2)
+    runner = LocalRunner(job)
+    runner.setup()
+    try:
+        e2e = end_to_end(WORKLOADS["brain"], runner, job)
+    finally:
+        runner.close()
+    stages = ("read_s", "pre_s", "windows_s", "post_s", "write_s")
+    assert all(e2e[k] > 0 for k in stages)
+    assert sum(e2e[k] for k in stages) <= e2e["total_s"] + 0.01
+    assert end_to_end(WORKLOADS["tiny"], runner, job) is None   # a resampled workload: not the app's own run

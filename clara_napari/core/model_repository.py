@@ -19,7 +19,8 @@ NUMPY_DTYPES = {
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
     "FP32": np.float32, "FP64": np.float64,
 }
-_DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx", "python": "model.py"}
+_DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx", "openvino": "model.xml",
+                  "pytorch_libtorch": "model.pt", "pytorch": "model.pt", "python": "model.py"}
 #: a name that becomes one path component (model name, model file name): no ``/``, no ``..``, no
 #: control characters, nothing but letters, digits and ``_ . -``; not starting with ``.`` or ``-``
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -61,6 +62,9 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     default_model_filename: str = ""
     path: Path | None = None
+    #: ``parameters { key: "clara_napari_runtime" ... }``: the runtime this model runs best on here
+    #: (used when the user names none; a stock Triton ignores the parameter)
+    preferred_runtime: str = ""
 
     @property
     def runtime(self) -> str:
@@ -120,10 +124,11 @@ def spec_from_proto(config, path: Path | None = None) -> ModelSpec:
         check_plain_name(name, "model name", path)
         if config.default_model_filename:
             check_plain_name(config.default_model_filename, "default_model_filename", path)
+    preferred = config.parameters["clara_napari_runtime"].string_value if "clara_napari_runtime" in config.parameters else ""
     return ModelSpec(name=name, platform=config.platform, backend=config.backend,
                      max_batch_size=int(config.max_batch_size), inputs=tensors(config.input),
                      outputs=tensors(config.output), default_model_filename=config.default_model_filename,
-                     path=path)
+                     path=path, preferred_runtime=preferred.strip().lower())
 
 
 def read_model_config(path: str | Path) -> ModelSpec:

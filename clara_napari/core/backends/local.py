@@ -1,43 +1,40 @@
-"""The in-process backend: ONNX models from a Triton model repository, run by onnxruntime."""
+"""The in-process backend: models of a Triton model repository run by a runtime of this process.
+
+ONNX models run on OpenVINO (CPU, f32) where it is installed, else onnxruntime; OpenVINO IR on
+OpenVINO; TorchScript on torch (see :mod:`clara_napari.core.runtimes`).
+"""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, ModelMismatchError
 from ..model_repository import ModelSpec, find_model, list_models
+from ..runtimes import default_threads, is_supported_format, open_engine
 from .base import pick_tensor
 
 
-class OnnxModel:
-    """A model handle running ``model.onnx`` with onnxruntime on the CPU."""
+class RuntimeModel:
+    """A model handle running one model file with a runtime of this process."""
 
-    def __init__(self, spec: ModelSpec, model_file: Path, *, threads: int | None = None,
+    def __init__(self, spec: ModelSpec, model_file: Path, *, threads: int | None = None, runtime: str | None = None,
                  input_name: str = "", output_name: str = "") -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ConfigError(f"{model_file}: onnxruntime cannot load the model ({str(exc).splitlines()[0][:200]}).") from None
         self.spec = spec
         self.input = pick_tensor(spec.inputs, input_name, "input", spec.name)
         self.output = pick_tensor(spec.outputs, output_name, "output", spec.name)
-        onnx_inputs = {i.name for i in self.session.get_inputs()}
-        onnx_outputs = {o.name for o in self.session.get_outputs()}
-        if self.input.name not in onnx_inputs or self.output.name not in onnx_outputs:
+        self.engine = open_engine(model_file, spec.runtime, runtime=runtime, threads=threads,
+                                  preferred=spec.preferred_runtime)
+        if hasattr(self.engine, "bind"):  # TorchScript: positions from the config's names
+            self.engine.bind([t.name for t in spec.inputs], [t.name for t in spec.outputs])
+        if not self.engine.has_input(self.input.name) or not self.engine.has_output(self.output.name):
             raise ModelMismatchError(
-                f"{model_file}: config.pbtxt names input {self.input.name!r} / output {self.output.name!r}, the ONNX "
-                f"graph has inputs {sorted(onnx_inputs)} / outputs {sorted(onnx_outputs)}.")
+                f"{model_file}: config.pbtxt names input {self.input.name!r} / output {self.output.name!r}, the "
+                f"model has inputs {sorted(self.engine.input_names)} / outputs {sorted(self.engine.output_names)}.")
         self.max_batch_size = spec.max_batch_size
-        self.threads = options.intra_op_num_threads
-        self.description = f"local onnxruntime ({self.threads} threads)"
+        self.threads = default_threads(threads)
+        self.runtime = self.engine.runtime
+        self.description = f"local {self.engine.description}"
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if self.max_batch_size == 0:
@@ -46,32 +43,37 @@ class OnnxModel:
 
     def _run(self, array: np.ndarray) -> np.ndarray:
         feed = np.ascontiguousarray(array, dtype=self.input.dtype)
-        try:
-            return self.session.run([self.output.name], {self.input.name: feed})[0]
-        except Exception as exc:  # onnxruntime raises its own exception types (e.g. a window size the network cannot take)
-            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            raise ModelMismatchError(f"{self.spec.name}: onnxruntime cannot run the model on input shape "
-                                     f"{list(feed.shape)} ({reason}).") from None
+        result = self.engine.run({self.input.name: feed}, [self.output.name])[0]
+        if self.max_batch_size and (result.ndim == 0 or result.shape[0] != feed.shape[0]):
+            raise ModelMismatchError(f"{self.spec.name}: {self.engine.runtime} returned shape {list(result.shape)} "
+                                     f"for input shape {list(feed.shape)} (a batch of {feed.shape[0]}).")
+        return result
 
     def close(self) -> None:
-        self.session = None
+        self.engine = None  # the engine stays in the per-process cache for the next job
+
+
+#: the name this class had when it ran ONNX with onnxruntime only
+OnnxModel = RuntimeModel
 
 
 class LocalBackend:
     """``--server local``: no server, the model runs in this process."""
 
-    description = "local onnxruntime"
+    description = "local"
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, runtime: str | None = None) -> None:
         self.threads = threads
+        self.runtime = runtime
 
     def open(self, repository: Path, model_name: str, *, input_name: str = "", output_name: str = "",
-             version: str = "", **_: object) -> OnnxModel:
+             version: str = "", **_: object) -> RuntimeModel:
         spec = find_model(repository, model_name)
-        if spec.runtime not in ("onnxruntime_onnx", "onnxruntime"):
-            raise ConfigError(f"{spec.path}: the local backend runs ONNX models only, this one is {spec.runtime!r}.")
-        return OnnxModel(spec, spec.model_file(version), threads=self.threads, input_name=input_name,
-                         output_name=output_name)
+        if not is_supported_format(spec.runtime):
+            raise ConfigError(f"{spec.path}: the local backend runs ONNX, OpenVINO and TorchScript models, "
+                              f"this one is {spec.runtime!r}.")
+        return RuntimeModel(spec, spec.model_file(version), threads=self.threads, runtime=self.runtime,
+                            input_name=input_name, output_name=output_name)
 
     def list_models(self, repository: Path | None = None) -> list[str]:
         """The models of ``repository`` (default: the bundled one), as ``clara-napari models`` prints them."""
@@ -81,8 +83,8 @@ class LocalBackend:
             repository = bundled_model_repository()
         rows = [f"local (in process) {repository}"]
         for spec in list_models(repository):
-            runnable = spec.runtime in ("onnxruntime_onnx", "onnxruntime")
-            state = "READY" if runnable else f"UNAVAILABLE (the local backend cannot run {spec.runtime!r})"
+            state = "READY" if is_supported_format(spec.runtime) else \
+                f"UNAVAILABLE (the local backend cannot run {spec.runtime!r} models)"
             rows.append(f"{spec.name:<28} version -    {state}  in "
                         + ", ".join(t.describe() for t in spec.inputs) + "  out "
                         + ", ".join(t.describe() for t in spec.outputs) + f"  max_batch {spec.max_batch_size}")

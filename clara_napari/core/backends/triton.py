@@ -130,10 +130,12 @@ class TransportOptions:
 class TritonBackend:
     """Resolves the server (named, from the environment, from the app, or embedded) and opens models."""
 
-    def __init__(self, server: str | None = None, *, app=None, threads: int | None = None, **options: Any) -> None:
+    def __init__(self, server: str | None = None, *, app=None, threads: int | None = None, runtime: str | None = None,
+                 **options: Any) -> None:
         self.server = server if server is not None else os.environ.get("NVIDIA_CLARA_TRTISURI") or None
         self.app = app
         self.threads = threads
+        self.runtime = runtime  # the embedded server's runtime (an external server serves with its own)
         self.options = TransportOptions(**options)
         self.embedded = None
         self.address: Address | None = None
@@ -172,10 +174,10 @@ class TritonBackend:
 
                 log.warning("%s: running the model in this process instead; name a Triton server with "
                             "--server host:port (HTTP/gRPC, any platform) to use one.", missing)
-                self.fallback = LocalBackend(threads=self.threads)
+                self.fallback = LocalBackend(threads=self.threads, runtime=self.runtime)
                 return None
             wanted = [model_name] if model_name else None   # a run's server loads only its model
-            self.embedded = EmbeddedServer(repo, threads=self.threads, models=wanted).start()
+            self.embedded = EmbeddedServer(repo, threads=self.threads, models=wanted, runtime=self.runtime).start()
             port = self.embedded.ports["grpc" if protocol == "grpc" else "http"]
             self.address = Address("127.0.0.1", port, protocol or "http")
         return self.address

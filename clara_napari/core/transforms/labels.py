@@ -20,10 +20,48 @@ def _label_fields(sample: Sample, fields: list[str], who: str):
 def _per_label(array: np.ndarray, operation) -> np.ndarray:
     """Apply ``operation(mask) -> mask`` to each non-zero label of ``[C, X, Y, Z]`` or ``[X, Y, Z]``."""
     out = np.zeros_like(array)
-    for value in np.unique(array):
-        if value == 0:
-            continue
+    for value in _label_values(array):
         out[operation(array == value)] = value
+    return out
+
+
+def _label_values(array: np.ndarray) -> list:
+    """The non-zero values of a label array, ascending (a histogram for small unsigned labels, no sort)."""
+    if array.dtype.kind in "bu" and array.dtype.itemsize <= 2:
+        return [array.dtype.type(v) for v in np.flatnonzero(np.bincount(array.ravel())) if v != 0]
+    return [v for v in np.unique(array) if v != 0]
+
+
+def _label_boxes(array: np.ndarray):
+    """``(value, box)`` for each non-zero label, ascending: ``box`` is the label's bounding box (slices)."""
+    from scipy import ndimage
+
+    values = _label_values(array)
+    if array.dtype.kind in "bu" and array.dtype.itemsize <= 2 and values:
+        boxes = ndimage.find_objects(array.astype(np.intp, copy=False) if array.dtype.kind == "b" else array)
+        return [(value, boxes[int(value) - 1]) for value in values]
+    out = []
+    for value in values:
+        mask = array == value
+        box = []
+        for axis in range(array.ndim):
+            hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(array.ndim) if a != axis)))
+            box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+        out.append((value, tuple(box)))
+    return out
+
+
+def _per_label_in_box(array: np.ndarray, operation) -> np.ndarray:
+    """Like :func:`_per_label`, with ``operation(mask, crop)`` seeing only the label's bounding box.
+
+    For operations whose answer inside the box does not depend on anything outside it (components
+    of the label; background regions enclosed by it), this is the same result at a fraction of the
+    work: a brain mask's box is about half the volume.
+    """
+    out = np.zeros_like(array)
+    for value, box in _label_boxes(array):
+        crop = array[box]
+        out[box][operation(crop == value, crop)] = value
     return out
 
 
@@ -36,8 +74,29 @@ class ArgmaxAcrossChannels(FieldsMixin, Transform):
 
     def __call__(self, sample: Sample) -> None:
         for key, array in _label_fields(sample, self.fields, self.config_name):
-            labels = np.argmax(array, axis=0)[None] if array.ndim == 4 else (array > 0.5)
+            labels = channel_argmax(array)[None] if array.ndim == 4 else (array > 0.5)
             sample.put(key, labels.astype(self.dtype), sample.meta[key].copy(is_label=True))
+
+
+def channel_argmax(array: np.ndarray) -> np.ndarray:
+    """``np.argmax(array, axis=0)`` (first maximum wins, a NaN counts as the maximum), channel by channel.
+
+    ``np.argmax`` across the first axis of a ``[C, X, Y, Z]`` array walks it with a stride of a whole
+    channel; comparing contiguous channels is several times faster for the usual 2 or 3 channels.
+    """
+    if array.shape[0] > 255 or array.dtype.kind != "f":
+        return np.argmax(array, axis=0)
+    index = np.zeros(array.shape[1:], dtype=np.uint8)
+    best = array[0].copy()
+    best_nan = np.isnan(best)
+    for channel in range(1, array.shape[0]):
+        candidate = array[channel]
+        nan = np.isnan(candidate)
+        better = (candidate > best) | (nan & ~best_nan)
+        index[better] = channel
+        np.copyto(best, candidate, where=better)
+        best_nan |= nan
+    return index
 
 
 @TRANSFORMS.register("ThresholdChannel")
@@ -129,16 +188,17 @@ class KeepLargestCC(_Morphology):
 
         structure = self.structure(array.ndim)
 
-        def largest(mask):
+        def largest(mask, crop):
             labelled, count = ndimage.label(mask, structure=structure)
             if count <= 1:
                 return mask
             sizes = np.bincount(labelled.ravel())[1:]
             keep = np.argsort(sizes)[::-1][: self.num_components]
             keep = keep[sizes[keep] >= self.min_size_ratio * sizes.max()] + 1
-            return np.isin(labelled, keep)
+            return labelled == keep[0] if len(keep) == 1 else np.isin(labelled, keep)
 
-        return _per_label(array, largest)
+        # a component lies inside its label's bounding box
+        return _per_label_in_box(array, largest)
 
 
 @TRANSFORMS.register("FillHoles")
@@ -146,11 +206,34 @@ class FillHoles(_Morphology):
     """Fill the enclosed holes of each label in 3D (holes are background voxels; other labels stay)."""
 
     def apply(self, array):
-        from scipy import ndimage
-
         structure = self.structure(array.ndim)
-        background = array == 0
-        return _per_label(array, lambda mask: ndimage.binary_fill_holes(mask, structure=structure) & (mask | background))
+        # a region outside the label is a hole when it does not reach the volume's border; inside
+        # the label's bounding box that is the same as not reaching the box's border (everything
+        # outside the box is outside the label, and reaches the volume's border)
+        return _per_label_in_box(array, lambda mask, crop: _holes_filled(mask, structure) & (mask | (crop == 0)))
+
+
+def _holes_filled(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask, structure)`` in one labelling pass (no iterated dilation).
+
+    The regions of ``~mask`` (connected by ``structure``) that touch the array's border along an
+    axis the structure connects are outside; the others are holes.
+    """
+    from scipy import ndimage
+
+    labelled, count = ndimage.label(~mask, structure=structure)
+    if count == 0:
+        return mask.copy()
+    connected = [axis for axis in range(mask.ndim) if structure.shape[axis] > 1 and
+                 np.take(structure, [0, structure.shape[axis] - 1], axis=axis).any()]
+    border = np.zeros(count + 1, dtype=bool)
+    for axis in connected:
+        for index in (0, -1):
+            border[np.take(labelled, index, axis=axis)] = True
+    border[0] = False
+    hole = ~border
+    hole[0] = False
+    return mask | hole[labelled]
 
 
 @TRANSFORMS.register("RemoveBorderConnected")
@@ -168,13 +251,30 @@ class RemoveBorderConnected(_Morphology):
 
         structure = self.structure(array.ndim)
 
-        def inner(mask):
+        axes = (0, 1, 2) if self.include_z else (0, 1)
+        lead = array.ndim - 3   # 1 for [C, X, Y, Z]: only channel 0's components can touch (as before)
+        out = np.zeros_like(array)
+        # a component lies inside its label's bounding box; it touches a face of the volume only
+        # where the box reaches that face
+        for value, box in _label_boxes(array):
+            crop = array[box]
+            mask = crop == value
+            if lead and box[0].start != 0:
+                out[box][mask] = value
+                continue
             labelled, _ = ndimage.label(mask, structure=structure)
             sp = labelled if labelled.ndim == 3 else labelled[0]
-            faces = [sp[0], sp[-1], sp[:, 0], sp[:, -1]]
-            if self.include_z:
-                faces += [sp[:, :, 0], sp[:, :, -1]]
-            touching = np.unique(np.concatenate([f.ravel() for f in faces]))
-            return mask & ~np.isin(labelled, touching[touching > 0])
-
-        return _per_label(array, inner)
+            faces = []
+            for axis in axes:
+                whole = box[lead + axis]
+                if whole.start == 0:
+                    faces.append(np.take(sp, 0, axis=axis).ravel())
+                if whole.stop == array.shape[lead + axis]:
+                    faces.append(np.take(sp, -1, axis=axis).ravel())
+            if faces:
+                touching = np.zeros(labelled.max() + 1, dtype=bool)
+                touching[np.concatenate(faces)] = True
+                touching[0] = False
+                mask &= ~touching[labelled]
+            out[box][mask] = value
+        return out
