@@ -937,7 +937,7 @@ def main_args(args: argparse.Namespace) -> int:
     if args.growth:
         if len(args.growth) < 2:
             raise ConfigError("bench: --growth needs two or more JSON files (smallest workload first).")
-        reports = [json.loads(Path(p).read_text()) for p in args.growth]
+        reports = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.growth]
         print(growth(reports))
         return 0
     name = "tiny" if args.quick else args.workload

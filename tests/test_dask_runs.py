@@ -16,7 +16,7 @@ from clara_napari.core.apps import resolve_app  # noqa: E402
 from clara_napari.core.dask_runs import local_cluster, run_on_dask, study_key  # noqa: E402
 from clara_napari.core.errors import ConfigError  # noqa: E402
 from clara_napari.core.operator import RunOptions, run  # noqa: E402
-from clara_napari.core.server import EmbeddedServer  # noqa: E402
+from clara_napari.core.server import SERVE_RESTRICTED, EmbeddedServer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scale_models import write_latency_app, write_volumes  # noqa: E402
@@ -37,7 +37,8 @@ def studies(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(studies):
-    with EmbeddedServer(studies[0].model_repository, threads=1) as srv:
+    # a server of its own for the workers, as `clara-napari serve` runs one: inference open, control keyed
+    with EmbeddedServer(studies[0].model_repository, threads=1, restricted=SERVE_RESTRICTED) as srv:
         yield srv
 
 

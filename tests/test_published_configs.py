@@ -68,7 +68,7 @@ def test_every_published_config_is_covered():
     files = {str(p.relative_to(PUBLISHED)) for p in PUBLISHED.glob("*/config/*.json") if p.name != "environment.json"}
     covered = {c[0] for c in RUNNABLE} | {c[0] for c in REFUSED} | {c[0] for c in AIAA_CONFIGS}
     assert files == covered
-    readme = (PUBLISHED / "README.md").read_text()
+    readme = (PUBLISHED / "README.md").read_text(encoding="utf-8")
     assert all(f"`{folder}`" in readme for folder in {f.split("/")[0] for f in files})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -431,19 +432,27 @@ def test_app_python_backend_model_is_not_run_without_trust(tmp_path, ct, capsys,
     refuse_python_models(app / "models")  # trusted on purpose: allowed
 
 
-def test_generated_model_wrapper_cannot_be_injected_by_a_path():
-    """The ONNX path (which an app folder's link can choose) appears in the generated model.py only as a literal."""
-    import ast
+@pytest.mark.triton
+def test_model_program_is_fixed_code_and_paths_are_data(tmp_path):
+    """The python-backend program serving an app's model is the package's own file, copied as it is;
+    the model's path (which an app folder or a link can choose: here one that would close a
+    docstring and run a command) reaches it only as data, a config.pbtxt parameter."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
 
-    from clara_napari.core.server import _WRAPPER
+    from clara_napari.core.server import EmbeddedServer
+    from clara_napari.core.triton_model import MODEL_PROGRAM
 
-    evil = '/tmp/x"""\nimport os; os.system("touch /tmp/PWNED")\n"""\'\'\'/model.onnx'
-    tree = ast.parse(_WRAPPER.format(onnx_file=evil, site_paths=["/a"], threads=1))
-    assert evil not in (ast.get_docstring(tree) or "")
-    assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
-                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()}
-    assert assigned["ONNX_FILE"] == evil
-    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "system"]
+    evil = tmp_path / 'x"""\nimport os; os.system("touch PWNED")\n"""\'\'\''
+    repo = evil / "models"
+    shutil.copytree(DATA_ROOT / "sample_data" / "models" / "lung_air_density", repo / "lung_air_density")
+    with EmbeddedServer(repo) as server:
+        folder = server.workdir / "models" / "lung_air_density"
+        assert (folder / "1" / "model.py").read_bytes() == Path(MODEL_PROGRAM).read_bytes()
+        config = text_format.Parse((folder / "config.pbtxt").read_text(encoding="utf-8"), mc.ModelConfig())
+        assert config.parameters["clara_napari_model_folder"].string_value == str(repo / "lung_air_density")
+        assert server.model_names() == ["lung_air_density"]
+    assert not list(tmp_path.rglob("PWNED")) and not Path("PWNED").exists()
 
 
 @pytest.mark.parametrize("location", ["ABS", "../secret.bin", "link.bin"])

@@ -503,9 +503,17 @@ def test_onnx_model_config_cannot_run_code_through_the_python_backend(tmp_path):
     with open(repo / LUNG / "config.pbtxt", "a") as config:
         tarball = repo / LUNG / "env.tar.gz"
         config.write(f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{tarball}" }} }}\n')
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
     with EmbeddedServer(repo) as server:
-        generated = (server.workdir / "models" / LUNG / "config.pbtxt").read_text()
-        assert "EXECUTION_ENV_PATH" not in generated and "parameters" not in generated
+        generated = (server.workdir / "models" / LUNG / "config.pbtxt").read_text(encoding="utf-8")
+        config = text_format.Parse(generated, mc.ModelConfig())
+        # only the program's own parameters (model file, format, runtime, threads) reach the backend
+        assert "EXECUTION_ENV_PATH" not in generated
+        assert set(config.parameters) <= {"clara_napari_model_folder", "clara_napari_model_filename",
+                                          "clara_napari_format", "clara_napari_runtime", "clara_napari_threads"}
+        assert not config.model_repository_agents.agents and not config.model_warmup
         assert server.model_names() == [LUNG]
     assert not marker.exists()
 

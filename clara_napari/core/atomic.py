@@ -91,7 +91,7 @@ def _roll_forward(staging: Path) -> list[Path]:
     written before it started). Only moves of a staged file to the same name one folder up, from a
     staging folder of the same dead process, are done: a planted journal can move nothing else."""
     try:
-        data = json.loads((staging / JOURNAL).read_text())
+        data = json.loads((staging / JOURNAL).read_text(encoding="utf-8"))
         moves, overwrite = data["moves"], data["overwrite"] is True
     except (OSError, ValueError, KeyError, TypeError):
         return []

@@ -314,7 +314,7 @@ class ClassificationWriter(Writer):
         source = next(iter(forbid), None)
         try:
             with atomic_paths(path) as (temp,):
-                temp.write_text(value.csv_text(Path(source).name if source else path.stem[len("output-"):]))
+                temp.write_text(value.csv_text(Path(source).name if source else path.stem[len("output-"):]), encoding="utf-8")
         except OSError as exc:
             raise VolumeError(f"{path}: cannot write ({exc.strerror or exc}).") from None
         return path

@@ -62,6 +62,9 @@ class StudyJob:
     multi: bool = False
     #: server None: True → this machine's embedded server, False → the app's inferer address
     embedded: bool = False
+    #: the key of the embedded server the client started for a LocalCluster (its restricted APIs,
+    #: inference included, answer only with it; handed to the workers over the cluster's loopback)
+    server_key: str = field(default="", repr=False)
 
     def run_options(self) -> RunOptions:
         return RunOptions(app=self.app, input=Path(self.input), output=Path(self.output),
@@ -92,6 +95,10 @@ def _worker_model(job: StudyJob):
             return _SESSIONS[key][1]
         config = job.app.config
         server = _machine_server(job) if job.server is None and job.embedded else job.server
+        if job.server_key and isinstance(server, str):
+            from .server import share_server_key
+
+            share_server_key(server, job.server_key)
         backend = open_backend(server, threads=job.threads, app=job.app, **job.server_options)
         try:
             model = backend.open(job.app.model_repository, config.model_name, input_name=config.inferer.input_name,
@@ -144,7 +151,7 @@ def _machine_server(job: StudyJob) -> str:
     import urllib.request
 
     from .backends.triton import parse_address
-    from .server import EmbeddedServer
+    from .server import EmbeddedServer, share_server_key
 
     repository = job.app.model_repository
     base = machine_server_state(repository).with_suffix("")
@@ -154,16 +161,23 @@ def _machine_server(job: StudyJob) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ServerError):
-                state = json.loads(Path(f"{base}.json").read_text())
+                state = json.loads(Path(f"{base}.json").read_text(encoding="utf-8"))
                 if parse_address(state[protocol]).is_local and parse_address(state["http"]).is_local:
                     with contextlib.suppress(OSError), urllib.request.urlopen(
                             f"{state['http']}/v2/health/ready", timeout=2) as response:
                         if response.status == 200:
+                            share_server_key(state[protocol], state.get("key", ""))
                             return state[protocol]
             server = EmbeddedServer(repository, threads=job.threads).start()
             _MACHINE_SERVER.append(server)
             tmp = Path(f"{base}.json.tmp")
-            tmp.write_text(json.dumps({"pid": os.getpid(), "http": server.http_url, "grpc": server.grpc_url}))
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            # owner-only (in a 0700 folder): it holds the server's key for this machine's other workers
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w",
+                           encoding="utf-8") as file:
+                file.write(json.dumps({"pid": os.getpid(), "http": server.http_url, "grpc": server.grpc_url,
+                                       "key": server.key}))
             os.replace(tmp, f"{base}.json")
             return server.http_url if protocol == "http" else server.grpc_url
         finally:
@@ -295,7 +309,8 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
                        publish=str(options.publish) if options.publish is not None else None,
                        overwrite=options.overwrite, publish_format=options.publish_format, server=server,
                        threads=options.threads, server_options=dict(options.server_options), multi=len(inputs) > 1,
-                       embedded=server is None and _needs_embedded(options))
+                       embedded=server is None and _needs_embedded(options),
+                       server_key=embedded.key if embedded is not None else "")
         return _gather(client, distributed, job, inputs, report, timeout_s)
 
 

@@ -136,7 +136,7 @@ def read_model_config(path: str | Path) -> ModelSpec:
     if path.is_dir():
         path = path / "config.pbtxt"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read the model config ({exc.strerror or exc}).", file=str(path)) from None
     return parse_model_config(text, path)

@@ -264,10 +264,28 @@ def remove_stale_workdirs(temp_root: str | Path | None = None, *, min_age_s: flo
     return removed
 
 
+#: keys of embedded servers that another process of this user started and handed over on purpose
+#: (Dask workers sharing their machine's server): (host, port) → (protocol, key)
+_SHARED_KEYS: dict[tuple[str, int], tuple[str, str]] = {}
+
+
+def share_server_key(url: str, key: str) -> None:
+    """Let this process's clients open the restricted APIs of the embedded server at ``url``, started
+    by another process of this user that handed its key over (never through the environment or a
+    command line: a Dask task's arguments on loopback, or an owner-only state file)."""
+    from .backends.triton import parse_address
+
+    address = parse_address(url)
+    hosts = {address.host} | ({"127.0.0.1", "localhost"} if address.host in ("127.0.0.1", "localhost") else set())
+    for host in hosts:
+        _SHARED_KEYS[(host, address.port)] = (address.protocol, key)
+
+
 def server_headers(host: str, port: int) -> dict[str, str]:
     """The key header for an embedded server of this process listening at ``host:port`` ({} if none).
 
-    Only this process's clients get it: the key never leaves the process (nor its environment).
+    Only this process's clients get it (and those it was handed to: :func:`share_server_key`); the
+    key is never in the environment, a command line or a log.
     """
     for server in list(_LIVE):
         if not server.key:   # set from start until the process is gone (it still answers while stopping)
@@ -276,6 +294,9 @@ def server_headers(host: str, port: int) -> dict[str, str]:
             names = {bound} | ({"127.0.0.1", "localhost"} if bound in ("127.0.0.1", "0.0.0.0") else set())
             if server.ports.get(protocol) == port and host in names:
                 return server.auth_headers(protocol)
+    if (host, port) in _SHARED_KEYS:
+        protocol, key = _SHARED_KEYS[(host, port)]
+        return {GRPC_KEY_HEADER if protocol == "grpc" else KEY_HEADER: key}
     return {}
 
 
@@ -317,7 +338,7 @@ def _scrub_argument(pid: int, secret: str) -> bool:
 
 def _write_private(path: Path, text: str) -> None:
     """A new owner-only file (0600, never through an existing file or link)."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w") as file:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w", encoding="utf-8") as file:
         file.write(text)
 
 
@@ -566,7 +587,7 @@ class EmbeddedServer:
                 if runtime is None:
                     continue
                 config = mc.ModelConfig()
-                text_format.Parse(spec.path.read_text(), config)
+                text_format.Parse(spec.path.read_text(encoding="utf-8"), config)
                 config.name = spec.name
                 config.ClearField("platform")
                 config.backend = "python"
