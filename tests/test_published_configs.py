@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from clara_napari.cli import main
-from clara_napari.core.apps import resolve_app
+from clara_napari.core.apps import DATA_ROOT, resolve_app
 from clara_napari.core.config import AIAA, CLARA3, CLARA4, load_config, parse_config
 from clara_napari.core.errors import ConfigError, ConfigProblems
 from clara_napari.core.volume import read_volume
@@ -23,8 +23,8 @@ from clara_napari.core.volume import read_volume
 from conftest import assert_same_geometry, bundled_config
 
 PUBLISHED = Path(__file__).resolve().parent / "data" / "published_configs"
-T1 = Path("/work/shared/data/mr_t1_colin27.nii.gz")
-CT = Path("/work/shared/data/chest_ct_lung2.nii.gz")
+T1 = DATA_ROOT / "sample_data" / "mr_t1" / "mr_t1_colin27.nii.gz"
+CT = DATA_ROOT / "sample_data" / "chest_ct" / "chest_ct_lung2.nii.gz"
 
 #: (config, format, bundled model, input, the writers' fields)
 RUNNABLE = [
