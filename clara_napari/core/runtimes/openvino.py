@@ -8,6 +8,7 @@ busy"). Compiled blobs go to :func:`cache_dir` so that the next process starts f
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -61,7 +62,7 @@ _CORE_LOCK = threading.Lock()
 
 def core():
     """The process's ``openvino.Core`` (with the on-disk cache when :func:`cache_dir` allows one)."""
-    global _CORE
+    global _CORE, _CACHE_FOLDER
     with _CORE_LOCK:
         if _CORE is None:
             import openvino as ov
@@ -70,8 +71,31 @@ def core():
             folder = cache_dir()
             if folder is not None:
                 new.set_property({"CACHE_DIR": str(folder)})
-            _CORE = new
+            _CORE, _CACHE_FOLDER = new, folder
         return _CORE
+
+
+_CACHE_FOLDER: Path | None = None
+
+
+@contextlib.contextmanager
+def cache_lock():
+    """OpenVINO writes and reads its cache blobs in place, so a process reading a blob that another
+    is still writing can crash: compiling holds an exclusive lock on the cache folder (concurrent
+    runs, Dask workers of one machine). Without ``fcntl`` (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if _CACHE_FOLDER is None or fcntl is None:
+        yield
+        return
+    fd = os.open(_CACHE_FOLDER / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # releases the lock
 
 
 def compile_options(threads: int) -> dict:
@@ -87,7 +111,9 @@ class OpenVinoEngine:
         if model_file.suffix == ".xml" and not model_file.with_suffix(".bin").is_file():
             raise ConfigError(f"{model_file}: the OpenVINO model has no weights file {model_file.with_suffix('.bin').name}.")
         try:
-            self.compiled = core().compile_model(str(model_file), "CPU", compile_options(threads))
+            ov_core = core()
+            with cache_lock():
+                self.compiled = ov_core.compile_model(str(model_file), "CPU", compile_options(threads))
         except Exception as exc:  # OpenVINO raises RuntimeError with a long report
             from . import first_line
 
