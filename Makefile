@@ -25,8 +25,13 @@ system-deps:
 sample: $(STAMP)
 	$(VENV)/bin/clara-napari sample --output out
 
+# Three processes: the OpenVINO runtime tests segfaulted inside OpenVINO's infer when they ran after
+# the rest of the suite in one process (never alone; cause not found yet), and the wheel tests
+# (build, resolve, install in a fresh venv) are independent of the rest.
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/test_runtimes.py --ignore=tests/test_packaging.py
+	$(PY) -m pytest -q tests/test_runtimes.py
+	$(PY) -m pytest -q tests/test_packaging.py
 
 clean:
 	rm -rf $(VENV) out

@@ -141,7 +141,7 @@ def test_cli_repeated_server(latency_app, two_servers, tmp_path, capsys, restore
     first = two_servers[0]   # its HTTP and gRPC endpoints: two endpoints (the second server may be gone)
     out = tmp_path / "out"
     code = main(["run", "--app", str(app.folder), "--input", str(volume_path.parent), "--output", str(out),
-                 "--no-publish", "--server", first.http_url, "--server", first.grpc_url])
+                 "--no-publish", "--logs", str(tmp_path / "logs"), "--server", first.http_url, "--server", first.grpc_url])
     assert code == 0, capsys.readouterr().err
     [output] = sorted(out.glob("*.mhd"))
     written = cn.read_volume(output)
