@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 
 from .core.apps import App, resolve_app
-from .core.backends import open_backend
-from .core.pipeline import Segmentation, segment_volume
+from .core.pipeline import Segmentation
 from .core.progress import CancelToken, Progress
 from .core.resources import check_run_memory
+from .core.session import Session
 from .core.volume import Volume, check_voxels, read_volume, write_volume
 
 __all__ = ["segment", "run_app", "read_volume", "write_volume", "Volume"]
@@ -40,18 +40,10 @@ def run_app(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
     # checked before a server starts (segment_volume checks again)
     volume = check_voxels(volume_or_path) if isinstance(volume_or_path, Volume) else read_volume(
         volume_or_path, before_voxels=lambda header: check_run_memory(header, config))
-    backend = open_backend(server, threads=threads, app=app, **server_options)
-    try:
-        handle = backend.open(app.model_repository, config.model_name, input_name=config.inferer.input_name,
-                              output_name=config.inferer.output_name, version=config.inferer.model_version,
-                              inferer=config.inferer, model_loader=config.model_loader)
-        try:
-            segmentation = segment_volume(volume, config, handle, progress=progress, cancel=cancel, strict=strict,
-                                          probabilities=probabilities)
-        finally:
-            handle.close()
-    finally:
-        backend.close()
+    runtime = server_options.pop("runtime", None)
+    with Session(app, server, threads=threads, runtime=runtime, transport=server_options) as session:
+        segmentation = session.segment(volume, progress=progress, cancel=cancel, strict=strict,
+                                       probabilities=probabilities)
     for finding in segmentation.warnings:
         log.warning("%s: %s", volume.path or "in-memory volume", finding)
     return segmentation
@@ -63,9 +55,10 @@ def segment(volume_or_path: Volume | str | Path, app: str | Path | App | None = 
             **server_options) -> Volume:
     """Segment a volume (or a path) with an app and return the label :class:`Volume`.
 
-    ``server``: ``"local"`` (onnxruntime in process), a Triton address, a list of them (the
-    windows spread over several servers: docs/scale.md), or ``None`` for the
-    default (``$NVIDIA_CLARA_TRTISURI``, else an embedded Triton server). The labels have the
+    ``server``: ``"local"`` (the model runs in this process), ``"embedded"``, a Triton address, a
+    list of them (the windows spread over several servers: docs/scale.md), or ``None`` for the
+    default (``$NVIDIA_CLARA_TRTISURI``, else the app's ip/port, else an embedded Triton server:
+    :func:`clara_napari.core.session.choose_server` decides, as for every entry point). The labels have the
     input's size, spacing, origin and direction exactly. ``strict=True``: a volume or result that
     is not what the app expects raises :class:`~clara_napari.core.errors.ImplausibleError`.
 

@@ -333,7 +333,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         app=app, input=fetched or _folder(args, "input"), output=_folder(args, "output"), dicom_seg=args.dicom_seg,
         publish=None if args.no_publish else _folder(args, "publish"), logs=_folder(args, "logs"),
-        server=_run_server(args.server) or os.environ.get("NVIDIA_CLARA_TRTISURI"), overwrite=args.overwrite,
+        server=_run_server(args.server), overwrite=args.overwrite,
         first_only=args.first_only, threads=args.threads, publish_format=args.publish_format,
         server_options=_server_options(args), strict=args.strict)
     check_run_folders(options)  # no output, publish or logs folder in the input: refused before anything
@@ -376,10 +376,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if failures == 0 and unsent == 0 else 1
 
 
-def _run_server(servers: list[str] | None):
+def _run_server(servers: str | list[str] | None):
     """``--server`` given once: that server; several times: the list (a fleet); never: None."""
-    if not servers:
-        return None
+    if not servers or isinstance(servers, str):
+        return servers or None
     return servers[0] if len(servers) == 1 else list(servers)
 
 
@@ -434,13 +434,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .core.apps import resolve_app
-    from .core.backends import open_backend
+    from .core.session import choose_server, open_backend
 
     app = resolve_app(args.app) if args.app else None
-    backend = open_backend(args.server or os.environ.get("NVIDIA_CLARA_TRTISURI"), threads=args.threads,
-                           app=app, **_server_options(args))
+    transport = _server_options(args)
+    choice = choose_server(_run_server(args.server), inferer=app.config.inferer if app else None,
+                           protocol=transport.get("protocol"))
+    repository = app.model_repository if app else None
+    backend = open_backend(choice, threads=args.threads, repository=repository, transport=transport)
     try:
-        for row in backend.list_models(app.model_repository if app else None):
+        for row in backend.list_models(repository):
             print(mask(row))
     finally:
         backend.close()

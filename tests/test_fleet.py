@@ -12,7 +12,7 @@ import pytest
 import clara_napari as cn
 from clara_napari.cli import main
 from clara_napari.core.apps import resolve_app
-from clara_napari.core.backends import open_backend
+from clara_napari.core.session import choose_server, open_backend
 from clara_napari.core.backends.fleet import FleetBackend, FleetModel
 from clara_napari.core.backends.triton import TritonModel, parse_address
 from clara_napari.core.errors import ModelMismatchError, ServerError
@@ -42,12 +42,13 @@ def two_servers(latency_app):
 
 
 def test_endpoint_list_resolution():
-    assert isinstance(open_backend(["localhost:8000", "grpc://localhost:8001"]), FleetBackend)
-    assert not isinstance(open_backend(["localhost:8000"]), FleetBackend)   # one endpoint: the plain backend
+    assert isinstance(open_backend(choose_server(["localhost:8000", "grpc://localhost:8001"])), FleetBackend)
+    assert not isinstance(open_backend(choose_server(["localhost:8000"])), FleetBackend)   # one: the plain backend
+    assert choose_server("localhost:8000, localhost:8001").kind == "fleet"   # the widget's comma-separated field
     with pytest.raises(ServerError, match="named twice"):
-        FleetBackend(["localhost:8000", "localhost:8000"])
+        choose_server(["localhost:8000", "http://localhost:8000"])
     with pytest.raises(ServerError, match="'local'"):
-        FleetBackend(["local", "localhost:8000"])
+        choose_server(["local", "localhost:8000"])
     with pytest.raises(ServerError, match="no Triton server"):
         FleetBackend([])
 
@@ -67,7 +68,7 @@ def test_fleet_equals_one_server_and_survives_a_killed_endpoint(latency_app, two
             os.killpg(second.process.pid, signal.SIGKILL)   # abrupt: no drain, connections reset
             killed.append(done)
 
-    backend = open_backend([first.http_url, second.grpc_url], app=app, retries=1)
+    backend = open_backend(choose_server([first.http_url, second.grpc_url]), transport={"retries": 1})
     try:
         model = backend.open(app.model_repository, MODEL, inferer=app.config.inferer,
                              model_loader=app.config.model_loader)
@@ -151,14 +152,15 @@ def test_cli_repeated_server(latency_app, two_servers, tmp_path, capsys, restore
 
 def test_widget_runner_takes_comma_separated_servers(latency_app, two_servers):
     """The napari widget's server field: 'a, b' runs on both endpoints (its worker-thread runner, no Qt)."""
-    from clara_napari.napari._runner import Job, ServerInfo, resolve_server, run_job
+    from clara_napari.napari._runner import Job, connect, run_job
 
     app, volume_path = latency_app
     first = two_servers[0]
     volume = cn.read_volume(volume_path)
     field = f"{first.http_url}, {first.grpc_url}"
-    address, description, _ = resolve_server(field, "HTTP", app.model_repository)
-    assert description == "Triton fleet of 2" and ServerInfo(address, description).where == "2 servers"
+    info = connect(field, "HTTP", app.model_repository)
+    assert info.description.startswith("Triton fleet of 2") and info.where == "2 servers"
+    assert info.models.get(MODEL) == "READY"
     outcome = run_job(Job(volume=volume, app=app, config=app.config, server=field))
     assert outcome.error is None, outcome.error
     single = cn.run_app(volume, app, server=first.http_url)
@@ -181,7 +183,7 @@ def test_every_endpoint_lost_mid_run_fails_in_one_sentence(latency_app):
             os.killpg(server.process.pid, signal.SIGKILL)
             killed.append(done)
 
-    backend = open_backend([server.http_url, server.grpc_url], app=app, retries=0, timeout_s=10)
+    backend = open_backend(choose_server([server.http_url, server.grpc_url]), transport={"retries": 0, "timeout_s": 10})
     try:
         model = backend.open(app.model_repository, MODEL, inferer=app.config.inferer)
         try:

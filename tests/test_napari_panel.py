@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from clara_napari.core.errors import ClaraNapariError, ServerError
-from clara_napari.napari._panel import (AUTO, EMBEDDED, LOCAL, check_reachable, choose_server, measure, replacement,
+from clara_napari.core.session import choose_server
+from clara_napari.napari._panel import (AUTO, EMBEDDED, LOCAL, check_reachable, measure, replacement,
                                         result_name, table_columns, to_csv)
 from conftest import brain_app, crop_volume, dice
 
@@ -30,21 +31,21 @@ def test_server_field_local_and_embedded(no_env, tmp_path):
     assert choose_server(EMBEDDED).kind == EMBEDDED
     app = brain_app(tmp_path / "plain")
     for text in ("", AUTO, "Auto"):      # nothing named anywhere: embedded, as the CLI
-        assert choose_server(text, "HTTP", app.config.inferer).kind == EMBEDDED
+        assert choose_server(text, protocol="HTTP", inferer=app.config.inferer).kind == EMBEDDED
 
 
 def test_auto_follows_the_cli_policy(monkeypatch, no_env, tmp_path):
     addressed = brain_app(tmp_path / "addressed", ip="10.1.2.3", port=8123)
-    choice = choose_server(AUTO, "HTTP", addressed.config.inferer)
-    assert (choice.kind, choice.address, choice.reason) == ("remote", "http://10.1.2.3:8123", "the app's ip/port")
+    choice = choose_server(AUTO, protocol="HTTP", inferer=addressed.config.inferer)
+    assert (choice.kind, str(choice.address), choice.reason) == ("remote", "http://10.1.2.3:8123", "the app's ip/port")
     monkeypatch.setenv("NVIDIA_CLARA_TRTISURI", "trtis.example:9000")   # the environment wins over the app
-    choice = choose_server(AUTO, "gRPC", addressed.config.inferer)
-    assert (choice.address, choice.reason) == ("grpc://trtis.example:9000", "$NVIDIA_CLARA_TRTISURI")
-    typed = choose_server("grpc://other:8001", "HTTP", addressed.config.inferer)   # a typed address wins over both
-    assert (typed.address, typed.reason) == ("grpc://other:8001", "")
-    assert choose_server(EMBEDDED, "HTTP", addressed.config.inferer).kind == EMBEDDED
+    choice = choose_server(AUTO, protocol="gRPC", inferer=addressed.config.inferer)
+    assert (str(choice.address), choice.reason) == ("grpc://trtis.example:9000", "$NVIDIA_CLARA_TRTISURI")
+    typed = choose_server("grpc://other:8001", protocol="HTTP", inferer=addressed.config.inferer)   # typed wins
+    assert (str(typed.address), typed.reason) == ("grpc://other:8001", "named")
+    assert choose_server(EMBEDDED, protocol="HTTP", inferer=addressed.config.inferer).kind == EMBEDDED
     with pytest.raises(ServerError, match="port"):
-        choose_server("host:notaport", "HTTP")
+        choose_server("host:notaport", protocol="HTTP")
 
 
 def test_a_refused_connection_is_reported_at_once():

@@ -467,13 +467,13 @@ def test_attack_refused_against_running_serve(repo, tmp_path):
 @pytest.mark.triton
 def test_a_run_loads_only_its_model(monkeypatch):
     """The embedded server of a run serves the one model the run opens, reachable only with the key."""
-    from clara_napari.core.backends.triton import TritonBackend
+    from clara_napari.core.session import choose_server, open_backend
 
     monkeypatch.delenv("NVIDIA_CLARA_TRTISURI", raising=False)
-    backend = TritonBackend(None)
+    backend = open_backend(choose_server(None), repository=MODELS)
     try:
         model = backend.open(MODELS, LUNG)
-        server = backend.embedded
+        server = backend.server
         assert server.model_names() == [LUNG]
         assert [a for a in server.process.args if a.startswith("--load-model")] == [f"--load-model={LUNG}"]
         out = model.predict(np.zeros((1, *[d if d > 0 else 8 for d in model.input.dims]), np.float32))

@@ -293,13 +293,15 @@ def test_cli_embedded_and_named_server_agree(tmp_path, server, monkeypatch):
 
 
 def test_backend_resolution_order(monkeypatch):
+    from clara_napari.core.session import choose_server
+
     app = resolve_app("brain_extraction_t1")
     monkeypatch.setenv("NVIDIA_CLARA_TRTISURI", "envhost:9000")
-    assert TritonBackend(None, app=app).resolve(app.config.inferer).url == "envhost:9000"
-    assert TritonBackend("grpc://named:7001", app=app).resolve(app.config.inferer).protocol == "grpc"
+    assert choose_server(None, inferer=app.config.inferer).address.url == "envhost:9000"
+    assert choose_server("grpc://named:7001", inferer=app.config.inferer).address.protocol == "grpc"
     monkeypatch.delenv("NVIDIA_CLARA_TRTISURI")
     inferer = app.config.inferer.model_copy(update={"ip": "cfghost", "port": 8123})
-    assert TritonBackend(None, app=app).resolve(inferer).url == "cfghost:8123"
+    assert choose_server(None, inferer=inferer).address.url == "cfghost:8123"
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -2,8 +2,8 @@
 
 ``run_on_dask(options, workers=N)`` starts a :class:`distributed.LocalCluster` of ``N`` worker
 processes on loopback; ``scheduler="tcp://host:8786"`` uses an existing cluster. Each task runs
-the operator's own per-volume function (:func:`~clara_napari.core.operator._run_one`: checks,
-read, segment, atomic writes, publish bundle) with a model handle that its worker opened once
+the operator's own per-volume function (:func:`~clara_napari.core.operator.run_one`: checks,
+read, segment, atomic writes, publish bundle) with a model session that its worker opened once
 and keeps for every later volume. A worker that dies loses only the volume it was running,
 which is submitted once more; the results come back in input order, each reported as it ends.
 
@@ -28,7 +28,8 @@ from typing import Callable
 
 from .apps import App
 from .errors import ClaraNapariError, ConfigError, ServerError
-from .operator import RunOptions, VolumeResult, _run_one, check_run, list_inputs
+from .operator import RunOptions, VolumeResult, check_run, list_inputs, run_one
+from .session import EMBEDDED, ServerChoice, Session, choose_server
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class StudyResult(VolumeResult):
     worker: str = ""
     #: model sessions the worker had opened when it finished this volume (1: opened once, reused)
     sessions_opened: int = 0
+    #: the server or runtime the worker's session ran the model on (its description)
+    server: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,13 @@ class StudyJob:
     publish: str | None
     overwrite: bool
     publish_format: str
-    server: object            # str, a list of str (a fleet), or None (see ``embedded``)
+    #: where the run goes (:func:`~clara_napari.core.session.choose_server`, decided on the client);
+    #: None: each machine's own embedded server (see ``embedded``)
+    choice: ServerChoice | None
     threads: int | None
     server_options: dict = field(default_factory=dict)
     multi: bool = False
-    #: server None: True → this machine's embedded server, False → the app's inferer address
+    #: choice None: True → this machine's embedded server
     embedded: bool = False
     #: the key of the embedded server the client started for a LocalCluster (its restricted APIs,
     #: inference included, answer only with it; handed to the workers over the cluster's loopback)
@@ -68,7 +73,7 @@ class StudyJob:
 
     def run_options(self) -> RunOptions:
         return RunOptions(app=self.app, input=Path(self.input), output=Path(self.output),
-                          publish=Path(self.publish) if self.publish else None, server=self.server,
+                          publish=Path(self.publish) if self.publish else None,
                           overwrite=self.overwrite, threads=self.threads, publish_format=self.publish_format,
                           server_options=dict(self.server_options))
 
@@ -81,35 +86,37 @@ _MACHINE_SERVER: list = []
 
 
 def _session_key(job: StudyJob) -> str:
-    return json.dumps([str(job.app.config_path), job.app.model, job.server, job.threads,
+    return json.dumps([str(job.app.config_path), job.app.model, repr(job.choice), job.threads,
                        sorted((k, str(v)) for k, v in job.server_options.items())], default=str)
 
 
-def _worker_model(job: StudyJob):
-    """This worker's model handle for ``job``'s app and server, opened on first use and kept."""
-    from .backends import open_backend
-
+def _worker_session(job: StudyJob) -> Session:
+    """This worker's model session for ``job``'s app and server, opened on first use and kept."""
     key = _session_key(job)
     with _SESSION_LOCK:
         if key in _SESSIONS:
-            return _SESSIONS[key][1]
-        config = job.app.config
-        server = _machine_server(job) if job.server is None and job.embedded else job.server
-        if job.server_key and isinstance(server, str):
+            return _SESSIONS[key]
+        choice = job.choice
+        if choice is None:   # this machine's embedded server, started by its first worker
+            from .apps import refuse_python_models
+
+            refuse_python_models(job.app.model_repository)
+            choice = choose_server(_machine_server(job), protocol=_protocol(job))
+        elif job.server_key and choice.address is not None:
             from .server import share_server_key
 
-            share_server_key(server, job.server_key)
-        backend = open_backend(server, threads=job.threads, app=job.app, **job.server_options)
-        try:
-            model = backend.open(job.app.model_repository, config.model_name, input_name=config.inferer.input_name,
-                                 output_name=config.inferer.output_name, version=config.inferer.model_version,
-                                 inferer=config.inferer, model_loader=config.model_loader)
-        except BaseException:
-            backend.close()
-            raise
-        _SESSIONS[key] = (backend, model)
+            share_server_key(str(choice.address), job.server_key)
+        transport = dict(job.server_options)
+        runtime = transport.pop("runtime", None)
+        session = Session(job.app, choice=choice, threads=job.threads, runtime=runtime, transport=transport).open()
+        _SESSIONS[key] = session
         _OPENED[0] += 1
-        return model
+        return session
+
+
+def _protocol(job: StudyJob) -> str:
+    return "grpc" if (job.server_options.get("protocol") or job.app.config.inferer.protocol).lower() == "grpc" \
+        else "http"
 
 
 def close_sessions() -> None:
@@ -117,11 +124,11 @@ def close_sessions() -> None:
     with _SESSION_LOCK:
         sessions = list(_SESSIONS.values())
         _SESSIONS.clear()
-    for backend, model in sessions:
-        with contextlib.suppress(Exception):
-            model.close()
-        with contextlib.suppress(Exception):
-            backend.close()
+    for session in sessions:
+        try:
+            session.close()
+        except Exception:   # closing is best effort: the worker is going away
+            log.debug("closing a model session failed", exc_info=True)
     while _MACHINE_SERVER:
         with contextlib.suppress(Exception):
             _MACHINE_SERVER.pop().stop()
@@ -155,8 +162,7 @@ def _machine_server(job: StudyJob) -> str:
 
     repository = job.app.model_repository
     base = machine_server_state(repository).with_suffix("")
-    protocol = "grpc" if (job.server_options.get("protocol") or job.app.config.inferer.protocol).lower() == "grpc" \
-        else "http"
+    protocol = _protocol(job)
     with open(f"{base}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -195,14 +201,15 @@ def segment_study(job: StudyJob, source: str) -> dict:
         this, worker = None, f"pid {os.getpid()}"
     start = time.perf_counter()
     try:
-        model = _worker_model(job)
+        session = _worker_session(job)
     except Exception as exc:   # the server or model: this volume fails, the worker lives on
         message = str(exc) if isinstance(exc, ClaraNapariError) else f"{source}: {type(exc).__name__}: {exc}"
         return {"ok": False, "message": message, "seconds": time.perf_counter() - start, "outputs": [],
                 "worker": worker, "pid": os.getpid(), "opened": _OPENED[0]}
-    result = _run_one(job.run_options(), Path(source), model, _progress_events(this, source), None, multi=job.multi)
+    result = run_one(job.run_options(), Path(source), session, _progress_events(this, source), None, multi=job.multi)
     return {"ok": result.ok, "message": result.message, "seconds": result.seconds,
-            "outputs": [str(p) for p in result.outputs], "worker": worker, "pid": os.getpid(), "opened": _OPENED[0]}
+            "outputs": [str(p) for p in result.outputs], "worker": worker, "pid": os.getpid(), "opened": _OPENED[0],
+            "server": session.description}
 
 
 #: the Dask event topic of per-study window progress (in quarters)
@@ -252,12 +259,6 @@ def local_cluster(workers: int):
                                         dashboard_address=None)
 
 
-def _needs_embedded(options: RunOptions) -> bool:
-    if options.server is not None:
-        return False
-    return not (os.environ.get("NVIDIA_CLARA_TRTISURI") or options.app.config.inferer.address)
-
-
 def study_key(index: int, source: Path, attempt: int) -> str:
     """The Dask task key of a volume's attempt (readable in the dashboard and logs)."""
     return f"clara-study-{index:05d}-{safe_key(source.name)}-try{attempt}"
@@ -284,17 +285,20 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
     check_run(options)
     inputs = list_inputs(options.input, options.first_only)
     embedded = None
-    server = options.server or os.environ.get("NVIDIA_CLARA_TRTISURI") or None
+    choice = choose_server(options.server, inferer=options.app.config.inferer,
+                           protocol=options.server_options.get("protocol"))
     with contextlib.ExitStack() as stack:
         if workers is not None:
             cluster = stack.enter_context(local_cluster(workers))
             address = cluster.scheduler_address
-            if _needs_embedded(options):   # this machine runs the workers: one server for all of them
+            if choice.kind == EMBEDDED:   # this machine runs the workers: one server for all of them
+                from .apps import refuse_python_models
                 from .server import EmbeddedServer
 
+                refuse_python_models(options.app.model_repository)
                 embedded = stack.enter_context(EmbeddedServer(options.app.model_repository, threads=options.threads))
-                grpc = (options.server_options.get("protocol") or options.app.config.inferer.protocol).lower() == "grpc"
-                server = embedded.grpc_url if grpc else embedded.http_url
+                choice = choose_server(embedded.grpc_url if choice.protocol == "grpc" else embedded.http_url,
+                                       protocol=choice.protocol)
         else:
             address = scheduler
         try:
@@ -307,9 +311,10 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
             stack.callback(_close_worker_sessions, client)
         job = StudyJob(app=dataclasses.replace(options.app), input=str(options.input), output=str(options.output),
                        publish=str(options.publish) if options.publish is not None else None,
-                       overwrite=options.overwrite, publish_format=options.publish_format, server=server,
+                       overwrite=options.overwrite, publish_format=options.publish_format,
+                       choice=None if choice.kind == EMBEDDED else choice,
                        threads=options.threads, server_options=dict(options.server_options), multi=len(inputs) > 1,
-                       embedded=server is None and _needs_embedded(options),
+                       embedded=choice.kind == EMBEDDED,
                        server_key=embedded.key if embedded is not None else "")
         return _gather(client, distributed, job, inputs, report, timeout_s)
 
@@ -386,7 +391,7 @@ def _gather(client, distributed, job: StudyJob, inputs: list[Path], report, time
                 message += f" (attempt {attempt}: its first worker died)"
             result = StudyResult(source, summary["ok"], message, summary["seconds"],
                                  [Path(p) for p in summary["outputs"]], attempts=attempt, worker=summary["worker"],
-                                 sessions_opened=summary["opened"])
+                                 sessions_opened=summary["opened"], server=summary.get("server", ""))
         results[index] = result
         if report:
             report(result)

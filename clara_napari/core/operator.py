@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 from .apps import App
-from .backends import open_backend
 from .atomic import Transaction, remove_stale_partials
 from .errors import Cancelled, ClaraNapariError, ConfigError, OutputError, VolumeError
 from .expectations import format_volumes
@@ -21,6 +20,7 @@ from .output_plan import check_folders, companions, distinct_stems
 from .pipeline import Segmentation, segment_volume
 from .progress import CancelToken, Progress
 from .resources import check_run_memory
+from .session import Session
 from .volume import find_volumes, looks_like_dicom_folder, read_volume, safe_stem, volume_stem
 
 log = logging.getLogger(__name__)
@@ -165,28 +165,26 @@ def run(options: RunOptions, *, progress_for: Callable[[Path], Progress] | None 
         from .publish import render_config_text
 
         render_config_text(options.app)  # the app's config_render.json is checked before any model runs
-    backend = open_backend(options.server, threads=options.threads, app=options.app, **options.server_options)
     results: list[VolumeResult] = []
-    try:
-        model = backend.open(options.app.model_repository, config.model_name,
-                             input_name=config.inferer.input_name, output_name=config.inferer.output_name,
-                             version=config.inferer.model_version, inferer=config.inferer,
-                             model_loader=config.model_loader)
-        try:
-            for source in inputs:
-                result = _run_one(options, source, model, progress_for, cancel, multi=len(inputs) > 1,
-                                  stem=stems[source])
-                results.append(result)
-                if report:
-                    report(result)
-        finally:
-            model.close()
-    finally:
-        backend.close()
+    with open_session(options) as session:
+        for source in inputs:
+            result = run_one(options, source, session, progress_for, cancel, multi=len(inputs) > 1,
+                              stem=stems[source])
+            results.append(result)
+            if report:
+                report(result)
     return results
 
 
-def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, multi: bool = False,
+def open_session(options: RunOptions) -> Session:
+    """The run's session: the server :func:`~clara_napari.core.session.choose_server` picks from
+    ``options.server`` (``runtime`` may ride in ``server_options``), opened."""
+    transport = dict(options.server_options)
+    runtime = transport.pop("runtime", None)
+    return Session(options.app, options.server, threads=options.threads, runtime=runtime, transport=transport)
+
+
+def run_one(options: RunOptions, source: Path, session: Session, progress_for, cancel, *, multi: bool = False,
              stem: str | None = None) -> VolumeResult:
     start = time.perf_counter()
     config = options.app.config
@@ -199,10 +197,9 @@ def _run_one(options: RunOptions, source: Path, model, progress_for, cancel, *, 
                 raise VolumeError(f"{target}: the output would be written inside the input; refused.")
             if (target.exists() or target.is_symlink()) and not options.overwrite:
                 raise VolumeError(f"{target}: exists already (use --overwrite to replace it).")
-        volume = read_volume(source, before_voxels=lambda header: check_run_memory(header, config, model))
-        segmentation = segment_volume(volume, config, model, cancel=cancel,
-                                      progress=progress_for(source) if progress_for else None,
-                                      strict=options.strict)
+        volume = read_volume(source, before_voxels=lambda header: check_run_memory(header, config, session.model))
+        segmentation = session.segment(volume, cancel=cancel, progress=progress_for(source) if progress_for else None,
+                                       strict=options.strict)
         # one volume's outputs and its publish bundle are staged, then put in place together:
         # all of them land or none does (and, without --overwrite, none replaces a file)
         with Transaction(overwrite=options.overwrite, forbid=[source]) as txn:

@@ -9,15 +9,21 @@ import math
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from ..core.errors import ClaraNapariError, ServerError
+from ..core.session import AUTO, EMBEDDED, LOCAL
+
+if TYPE_CHECKING:
+    from ..core.backends.triton import Address
+
+__all__ = ["AUTO", "EMBEDDED", "LOCAL"]   # the server field's special values (core's)
 
 #: the server field: ``auto`` chooses as the CLI does ($NVIDIA_CLARA_TRTISURI, else the app's ip/port,
-#: else an embedded server); ``embedded`` always starts one here; ``local`` runs the model in process
-AUTO, EMBEDDED, LOCAL = "auto", "embedded", "local"
+#: else an embedded server: :func:`clara_napari.core.session.choose_server` decides for every entry
+#: point); ``embedded`` always starts one here; ``local`` runs the model in process
 SERVER_HELP = ("'auto' ($NVIDIA_CLARA_TRTISURI, else the app's ip/port, else an embedded server, as the CLI), "
                "'embedded' (a Triton server started here), 'local' (onnxruntime in this process), "
                "or host:port, http://host:port, grpc://host:port; several, comma-separated, spread the windows "
@@ -31,50 +37,11 @@ RERUN_CHOICES = (NEW_LAYER, REPLACE)
 CONNECT_TIMEOUT_S = 3.0
 
 
-@dataclass(frozen=True)
-class ServerChoice:
-    """Where a run goes: ``kind`` is ``local``, ``embedded`` or ``remote`` (then ``address`` is set)."""
-
-    kind: str
-    address: str = ""
-    reason: str = ""
-
-    def describe(self) -> str:
-        if self.kind == LOCAL:
-            return "local onnxruntime (in this process)"
-        if self.kind == EMBEDDED:
-            return "embedded Triton (started on first use)"
-        return f"Triton at {self.address}" + (f" ({self.reason})" if self.reason else "")
-
-
-def choose_server(text: str, protocol: str | None = None, inferer=None) -> ServerChoice:
-    """The server the field names, with the CLI's policy for ``auto`` (TritonBackend.target decides)."""
-    from ..core.backends.triton import TritonBackend
-
-    value = (text or "").strip()
-    if value.lower() == LOCAL:
-        return ServerChoice(LOCAL)
-    if value.lower() == EMBEDDED:
-        return ServerChoice(EMBEDDED)
-    named = None if value.lower() in ("", AUTO) else value
-    backend = TritonBackend(named, protocol=protocol.lower() if protocol else None)
-    target = backend.target(inferer)
-    if target is None:
-        return ServerChoice(EMBEDDED, reason="no server named")
-    if named is not None:
-        reason = ""
-    elif backend.server:
-        reason = "$NVIDIA_CLARA_TRTISURI"
-    else:
-        reason = "the app's ip/port"
-    return ServerChoice("remote", str(backend.resolve(inferer)), reason)
-
-
-def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+def check_reachable(address: Address | str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Fail at once when nothing listens at ``address`` (a refused connection needs no readiness wait)."""
     from ..core.backends.triton import parse_address
 
-    parsed = parse_address(address)
+    parsed = parse_address(address) if isinstance(address, str) else address
     try:
         socket.create_connection((parsed.host, parsed.port), timeout=timeout_s).close()
     except ConnectionRefusedError:

@@ -2,32 +2,23 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.apps import App
-from ..core.backends.triton import (TransportOptions, TritonBackend, parse_address, repository_index, with_client,
-                                    wait_ready, with_server_key)
+from ..core.backends.triton import parse_address
 from ..core.components import ScanWindowInferer
 from ..core.config import InferenceConfig
 from ..core.errors import Cancelled
 from ..core.masking import parse_header_items
-from ..core.pipeline import Segmentation, segment_volume
+from ..core.pipeline import Segmentation
 from ..core.progress import CancelToken
+from ..core.session import EMBEDDED, FLEET, LOCAL, ServerChoice, Session, choose_server, open_backend
 from ..core.volume import Volume
-from ._panel import EMBEDDED, LOCAL, check_reachable, choose_server
+from ._panel import check_reachable
 from ._servers import SERVERS, ServerPool
-
-
-def is_embedded(server: str) -> bool:
-    """The field names the embedded server itself (``auto`` may too: see :func:`choose_server`)."""
-    return server.strip().lower() == EMBEDDED
-
-
-def split_servers(server: str) -> list[str]:
-    """The server field: one address, or several separated by commas (a fleet: docs/scale.md)."""
-    return [part.strip() for part in server.split(",") if part.strip()]
 
 
 @dataclass
@@ -38,38 +29,32 @@ class ServerInfo:
     description: str
     models: dict[str, str] = field(default_factory=dict)
     version: str = ""
+    kind: str = ""
 
     @property
     def where(self) -> str:
-        if self.address == LOCAL:
-            return "this machine (onnxruntime, in process)"
-        if len(split_servers(self.address)) > 1:
-            return f"{len(split_servers(self.address))} servers"
+        if self.kind == LOCAL or self.address == LOCAL:
+            return "this machine (in process)"
+        if self.kind == FLEET:
+            return f"{len(self.address.split(','))} servers"
         host = parse_address(self.address).host
         return "this machine" if host in ("127.0.0.1", "localhost", "::1") else host
 
 
-def resolve_server(server: str, protocol: str, repository: Path, *, pool: ServerPool = SERVERS,
-                   inferer=None) -> tuple[str, str, str]:
-    """(address, description, version): ``local``, the embedded server (started if needed), or a Triton
-    address (the one typed, else as the CLI chooses: see :func:`choose_server`), refused at once when
-    nothing listens there."""
-    protocol = protocol.lower()
-    parts = split_servers(server)
-    if len(parts) > 1:   # a fleet (docs/scale.md): every endpoint must answer
-        addresses = [str(parse_address(part, protocol)) for part in parts]
-        for address in addresses:
-            check_reachable(address)
-        return ", ".join(addresses), f"Triton fleet of {len(addresses)}", ""
-    choice = choose_server(server, protocol, inferer)
+def reach(choice: ServerChoice) -> None:
+    """A named server that nothing listens at is refused at once (every endpoint of a fleet)."""
+    for address in choice.addresses:
+        check_reachable(address)
+
+
+def _info(choice: ServerChoice, backend, models: dict[str, str] | None = None) -> ServerInfo:
     if choice.kind == LOCAL:
-        return LOCAL, choice.describe(), ""
+        return ServerInfo(LOCAL, choice.describe(), dict(models or {}), kind=LOCAL)
     if choice.kind == EMBEDDED:
-        embedded = pool.embedded(repository)
-        address = embedded.grpc_url if protocol == "grpc" else embedded.http_url
-        return address, f"embedded Triton {embedded.version}".strip(), embedded.version
-    check_reachable(choice.address)
-    return choice.address, choice.describe(), ""
+        version = getattr(backend, "version", "")
+        return ServerInfo(str(backend.address), f"embedded Triton {version}".strip(), dict(models or {}), version,
+                          kind=EMBEDDED)
+    return ServerInfo(", ".join(map(str, choice.addresses)), choice.describe(), dict(models or {}), kind=choice.kind)
 
 
 def transport_options(headers: str = "", ssl_ca: str = "", ssl_cert: str = "", ssl_key: str = "") -> dict[str, Any]:
@@ -85,29 +70,24 @@ def transport_options(headers: str = "", ssl_ca: str = "", ssl_cert: str = "", s
     return options
 
 
-def read_models(address: str, *, ready_timeout_s: float = 15.0, transport: dict[str, Any] | None = None) -> dict[str, str]:
-    """The server's model repository index: model name → state (READY, UNAVAILABLE, ...);
-    of the first endpoint for several (the run checks that all serve the same model)."""
-    parsed = parse_address(split_servers(address)[0])
-    options = TransportOptions(ready_timeout_s=ready_timeout_s, **(transport or {}))
-
-    def read(client) -> dict[str, str]:
-        headers = with_server_key(parsed, options.headers)
-        wait_ready(client, parsed, ready_timeout_s, headers)
-        return {e["name"]: e["state"] for e in repository_index(client, parsed, headers)}
-    # on a thread of its own, closed with its gevent hub: the widget asks on every refresh
-    return with_client(parsed, options, 30.0, read)
-
-
 def connect(server: str, protocol: str, repository: Path, *, ready_timeout_s: float = 15.0,
             pool: ServerPool = SERVERS, transport: dict[str, Any] | None = None, inferer=None) -> ServerInfo:
-    address, description, version = resolve_server(server, protocol, repository, pool=pool, inferer=inferer)
-    if address == LOCAL:
+    """The server the field names (chosen as for every entry point), reached now, with its models
+    (of the first endpoint for several: the run checks that all serve the same model)."""
+    choice = choose_server(server, inferer=inferer, protocol=protocol)
+    reach(choice)
+    if choice.kind == LOCAL:
         from ..core.model_repository import list_models
 
-        return ServerInfo(address, description, {spec.name: "local" for spec in list_models(repository)})
-    models = read_models(address, ready_timeout_s=ready_timeout_s, transport=transport)
-    return ServerInfo(address, description, models, version)
+        return _info(choice, None, {spec.name: "local" for spec in list_models(repository)})
+    first = choice if choice.kind != FLEET else ServerChoice("remote", choice.addresses[:1], choice.protocol)
+    backend = open_backend(first, repository=repository, embedded=pool.embedded,
+                           transport={"ready_timeout_s": ready_timeout_s, **(transport or {})})
+    try:
+        models = backend.model_states()
+        return _info(choice, backend, models)
+    finally:
+        backend.close()
 
 
 def configured(config: InferenceConfig, *, model: str | None = None, roi_size: list[int] | None = None,
@@ -174,37 +154,18 @@ def run_job(job: Job) -> Outcome:
     info: ServerInfo | None = None
     try:
         config = job.config
-        choice = choose_server(job.server, job.protocol, config.inferer)
+        choice = choose_server(job.server, inferer=config.inferer, protocol=job.protocol)
         stage({EMBEDDED: "starting the embedded Triton server", LOCAL: "loading the model in process"}.get(
-            choice.kind, f"connecting to {choice.address}"))
-        address, description, version = resolve_server(job.server, job.protocol, job.app.model_repository, pool=job.pool,
-                                                       inferer=config.inferer)
-        info = ServerInfo(address, description, version=version)
+            choice.kind, f"connecting to {', '.join(map(str, choice.addresses))}"))
+        reach(choice)
         if job.cancel.cancelled:
             raise Cancelled("the inference was cancelled.")
         stage("opening the model")
-        if address == LOCAL:
-            from ..core.backends import open_backend
-
-            backend = open_backend(LOCAL)
-        elif len(split_servers(address)) > 1:
-            from ..core.backends.fleet import FleetBackend
-
-            backend = FleetBackend(split_servers(address), ready_timeout_s=job.ready_timeout_s, **job.transport)
-        else:
-            backend = TritonBackend(address, ready_timeout_s=job.ready_timeout_s, **job.transport)
-        try:
-            model = backend.open(job.app.model_repository, config.model_name, input_name=config.inferer.input_name,
-                                 output_name=config.inferer.output_name, version=config.inferer.model_version,
-                                 inferer=config.inferer, model_loader=config.model_loader)
-            try:
-                info.models = {config.model_name: "READY"}
-                segmentation = segment_volume(job.volume, config, model, progress=job.progress, cancel=job.cancel,
-                                              stage=stage, probabilities=job.probabilities)
-            finally:
-                model.close()
-        finally:
-            backend.close()
+        with Session(job.app, choice=choice, config=config, embedded=job.pool.embedded,
+                     transport={"ready_timeout_s": job.ready_timeout_s, **job.transport}) as session:
+            info = _info(choice, session.backend, {config.model_name: "READY"})
+            segmentation = session.segment(job.volume, progress=job.progress, cancel=job.cancel, stage=stage,
+                                           probabilities=job.probabilities)
         prepared = job.prepare(segmentation) if job.prepare is not None else None
         if job.cancel.cancelled:   # finished just as Cancel was pressed: cancel still means "add nothing"
             return Outcome(server=info, cancelled=True)

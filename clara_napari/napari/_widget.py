@@ -32,9 +32,10 @@ from ..core.apps import App, list_apps, resolve_app
 from ..core.components import ScanWindowInferer
 from ..core.errors import ClaraNapariError
 from ..core.pipeline import Segmentation
+from ..core.session import choose_server
 from ..core.volume import safe_stem, write_volume
 from ._geometry import AXIS_LABELS, KEY, UNITS, find_source_record, geometry_record, volume_to_layer
-from ._panel import (AUTO, LOCAL, NEW_LAYER, REPLACE, RERUN_CHOICES, SERVER_HELP, choose_server, measure,
+from ._panel import (AUTO, LOCAL, NEW_LAYER, REPLACE, RERUN_CHOICES, SERVER_HELP, measure,
                      replacement, result_name, table_columns, to_csv)
 from ._runner import (Job, Outcome, ServerInfo, configured, connect, run_job,
                       transport_options)
@@ -418,7 +419,8 @@ class TritonInferenceWidget(Container):
         except Exception:
             inferer = None
         try:
-            self._status.value = f"server: {choose_server(self._server.value, self._protocol.value, inferer).describe()}"
+            choice = choose_server(self._server.value, inferer=inferer, protocol=self._protocol.value)
+            self._status.value = f"server: {choice.describe()}"
         except ClaraNapariError as exc:
             self._status.value = f"server: {exc}"
 

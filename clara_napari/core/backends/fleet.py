@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ModelMismatchError, ServerError
 from ..model_repository import ModelSpec
-from .triton import TritonBackend, TritonModel, _is_retryable, _reason
+from .triton import Address, TritonBackend, TritonModel, _is_retryable, _reason
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,13 @@ def should_fail_over(exc: BaseException) -> bool:
 class FleetBackend:
     """Opens one model on every endpoint of ``servers`` (a list of Triton addresses)."""
 
-    def __init__(self, servers: Sequence[str], *, app=None, threads: int | None = None, **options: Any) -> None:
-        servers = [str(s).strip() for s in servers if str(s).strip()]
+    def __init__(self, servers: Sequence[Address | str], **options: Any) -> None:
+        """``servers``: the endpoints :func:`~clara_napari.core.session.choose_server` decided (checked
+        there: no ``local``, none twice)."""
         if not servers:
             raise ServerError("no Triton server named (give --server at least once).")
-        if any(s.lower() == "local" for s in servers):
-            raise ServerError(f"servers {', '.join(servers)}: 'local' cannot be mixed with Triton endpoints.")
-        if len(set(servers)) != len(servers):
-            raise ServerError(f"servers {', '.join(servers)}: an endpoint is named twice.")
-        self.servers = servers
-        self.backends = [TritonBackend(s, app=app, threads=threads, **options) for s in servers]
+        self.backends = [TritonBackend(s, **options) for s in servers]
+        self.servers = [str(b.address) for b in self.backends]
 
     @property
     def description(self) -> str:

@@ -128,66 +128,34 @@ class TransportOptions:
 
 
 class TritonBackend:
-    """Resolves the server (named, from the environment, from the app, or embedded) and opens models."""
+    """Opens models on one Triton server (the address :func:`~clara_napari.core.session.choose_server`
+    decided) and lists what it serves."""
 
-    def __init__(self, server: str | None = None, *, app=None, threads: int | None = None, runtime: str | None = None,
-                 **options: Any) -> None:
-        self.server = server if server is not None else os.environ.get("NVIDIA_CLARA_TRTISURI") or None
-        self.app = app
-        self.threads = threads
-        self.runtime = runtime  # the embedded server's runtime (an external server serves with its own)
+    def __init__(self, address: Address | str | None = None, **options: Any) -> None:
         self.options = TransportOptions(**options)
-        self.embedded = None
-        self.address: Address | None = None
-        #: the in-process backend, when no server was named and the embedded one is not installed
-        self.fallback = None
+        self.address: Address | None = (parse_address(address, self.options.protocol) if isinstance(address, str)
+                                         else address)
 
     @property
     def description(self) -> str:
-        if self.fallback is not None:
-            return self.fallback.description
-        where = "embedded Triton" if self.embedded is not None else "Triton"
-        return f"{where} at {self.address}" if self.address else where
+        """``Triton at ADDRESS``, or ``embedded Triton at ADDRESS`` when it is a server this process
+        started (or whose key it was handed: a Dask worker on its machine's server)."""
+        if self.address is None:
+            return "Triton"
+        from ..server import server_headers
 
-    def target(self, inferer=None) -> str | None:
-        """The server to use: the one named (else ``$NVIDIA_CLARA_TRTISURI``), else the app's inferer
-        ``ip``/``port``; None means an embedded server."""
-        return self.server or (inferer.address if inferer is not None else None)
+        embedded = bool(server_headers(self.address.host, self.address.port))
+        return f"{'embedded ' if embedded else ''}Triton at {self.address}"
 
-    def resolve(self, inferer=None, repository: Path | None = None, model_name: str | None = None) -> Address | None:
-        """The server's address; ``None`` when the run falls back to the in-process backend."""
-        if self.address is not None or self.fallback is not None:
-            return self.address
-        protocol = self.options.protocol or (inferer.protocol.lower() if inferer is not None else None)
-        target = self.target(inferer)
-        if target:
-            self.address = parse_address(target, protocol)
-        else:
-            from ..apps import bundled_model_repository, refuse_python_models
-            from ..server import EmbeddedServer, embedded_server_missing
-
-            refuse_python_models(repository or (self.app.model_repository if self.app is not None else None))
-            repo = repository or (self.app.model_repository if self.app is not None else bundled_model_repository())
-            missing = embedded_server_missing()
-            if missing:
-                from .local import LocalBackend
-
-                log.warning("%s: running the model in this process instead; name a Triton server with "
-                            "--server host:port (HTTP/gRPC, any platform) to use one.", missing)
-                self.fallback = LocalBackend(threads=self.threads, runtime=self.runtime)
-                return None
-            wanted = [model_name] if model_name else None   # a run's server loads only its model
-            self.embedded = EmbeddedServer(repo, threads=self.threads, models=wanted, runtime=self.runtime).start()
-            port = self.embedded.ports["grpc" if protocol == "grpc" else "http"]
-            self.address = Address("127.0.0.1", port, protocol or "http")
+    def server_address(self, model_name: str | None = None) -> Address:
+        """Where requests go (the embedded backend starts its server here, loading ``model_name``)."""
+        if self.address is None:
+            raise ServerError("no Triton server address was given.")
         return self.address
 
-    def open(self, repository: Path, model_name: str, *, input_name: str = "", output_name: str = "",
+    def open(self, repository: Path | None, model_name: str, *, input_name: str = "", output_name: str = "",
              version: str = "", inferer=None, model_loader=None) -> "TritonModel":
-        address = self.resolve(inferer, repository, model_name)
-        if address is None:
-            return self.fallback.open(repository, model_name, input_name=input_name, output_name=output_name,
-                                      version=version)
+        address = self.server_address(model_name)
         expected = read_model_config(model_loader.model_spec_file_name) if model_loader is not None else None
         in_flight = inferer.requests_in_flight if inferer is not None else 2
         timeout = self.options.timeout_s or (inferer.timeout_s if inferer is not None else 120.0)
@@ -197,15 +165,24 @@ class TritonBackend:
         return model
 
     def list_models(self, repository: Path | None = None) -> list[str]:
-        address = self.resolve(None, repository)
-        if address is None:
-            return self.fallback.list_models(repository)
+        address = self.server_address()
         return with_client(address, self.options, 30.0, functools.partial(self._list_models, address))
+
+    def model_states(self) -> dict[str, str]:
+        """The server's models: name → state (READY, UNAVAILABLE, ...)."""
+        address = self.server_address()
+
+        def read(client) -> dict[str, str]:
+            headers = with_server_key(address, request_headers(self.options, address))
+            wait_ready(client, address, self.options.ready_timeout_s, headers)
+            return {e["name"]: e["state"] for e in repository_index(client, address, headers)}
+        # on a thread of its own, closed with its gevent hub: the widget asks on every refresh
+        return with_client(address, self.options, 30.0, read)
 
     def _list_models(self, address: Address, client) -> list[str]:
         headers = with_server_key(address, request_headers(self.options, address))
         wait_ready(client, address, self.options.ready_timeout_s, headers)
-        rows = [f"server {address}"]
+        rows = [self.description]
         for entry in repository_index(client, address, headers):
             line = f"{entry['name']:<28} version {entry['version'] or '-':<4} {entry['state']}"
             if entry.get("state") == "READY":
@@ -218,9 +195,42 @@ class TritonBackend:
         return rows
 
     def close(self) -> None:
-        if self.embedded is not None:
-            self.embedded.stop()
-            self.embedded = None
+        pass
+
+
+class EmbeddedBackend(TritonBackend):
+    """A Triton server this package starts (on first use; a run's server loads only the run's model)
+    and stops when the backend closes — or one a ``provider`` keeps running (the napari widget's)."""
+
+    def __init__(self, repository: Path | None, *, protocol: str = "http", threads: int | None = None,
+                 runtime: str | None = None, provider=None, **options: Any) -> None:
+        super().__init__(None, protocol=protocol, **options)
+        self.repository = repository
+        self.threads = threads
+        self.runtime = runtime
+        self.provider = provider
+        self.server = None
+        self.version = ""
+
+    def server_address(self, model_name: str | None = None) -> Address:
+        if self.address is None:
+            from ..server import EmbeddedServer
+
+            if self.provider is not None:
+                server = self.provider(self.repository)
+            else:
+                wanted = [model_name] if model_name else None   # a run's server loads only its model
+                server = self.server = EmbeddedServer(self.repository, threads=self.threads, models=wanted,
+                                                      runtime=self.runtime).start()
+            self.version = str(getattr(server, "version", "") or "")
+            protocol = self.options.protocol or "http"
+            self.address = Address("127.0.0.1", server.ports["grpc" if protocol == "grpc" else "http"], protocol)
+        return self.address
+
+    def close(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
         self.address = None
 
 
