@@ -55,10 +55,14 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_local_cluster_matches_serial_run(studies, serial_outputs, tmp_path):
+def test_local_cluster_matches_serial_run(studies, serial_outputs, tmp_path, monkeypatch):
     """Two worker processes, the embedded server started once by this process for both: the
     same files, byte for byte, as the serial run; each worker opened the model once."""
     app, inputs = studies
+    with pytest.raises(ConfigError, match="python-backend model"):   # the app's own model is code: not by default
+        run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path / "refused"), workers=1, timeout_s=300)
+    assert not (tmp_path / "refused").exists()
+    monkeypatch.setenv("CLARA_NAPARI_TRUST_APP_CODE", "1")
     reported, progress = [], []
     results = run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path), workers=2, report=reported.append,
                           progress=lambda path, done, total: progress.append((path.name, done, total)),
@@ -143,9 +147,10 @@ def test_cli_workers(studies, server, serial_outputs, tmp_path, capsys, restore_
     assert _files(tmp_path / "out") == serial_outputs
 
 
-def test_existing_cluster_shares_one_embedded_server_per_machine(studies, serial_outputs, tmp_path):
+def test_existing_cluster_shares_one_embedded_server_per_machine(studies, serial_outputs, tmp_path, monkeypatch):
     """--scheduler and no server: the first worker of the machine starts the embedded server
-    under a file lock, the other worker of the machine uses it."""
+    under a file lock, the other worker of the machine uses it (the app's python model trusted:
+    the workers inherit the variable)."""
     import json
 
     from distributed import Client
@@ -153,6 +158,7 @@ def test_existing_cluster_shares_one_embedded_server_per_machine(studies, serial
     from clara_napari.core.dask_runs import machine_server_state
 
     app, inputs = studies
+    monkeypatch.setenv("CLARA_NAPARI_TRUST_APP_CODE", "1")
     with local_cluster(2) as cluster, Client(cluster.scheduler_address, set_as_default=False) as client:
         results = run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path / "out"),
                               scheduler=cluster.scheduler_address, timeout_s=300)

@@ -287,15 +287,17 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
     embedded = None
     choice = choose_server(options.server, inferer=options.app.config.inferer,
                            protocol=options.server_options.get("protocol"))
+    if choice.kind == EMBEDDED:   # an app's python-backend model is code: refused before any worker starts
+        from .apps import refuse_python_models
+
+        refuse_python_models(options.app.model_repository)
     with contextlib.ExitStack() as stack:
         if workers is not None:
             cluster = stack.enter_context(local_cluster(workers))
             address = cluster.scheduler_address
             if choice.kind == EMBEDDED:   # this machine runs the workers: one server for all of them
-                from .apps import refuse_python_models
                 from .server import EmbeddedServer
 
-                refuse_python_models(options.app.model_repository)
                 embedded = stack.enter_context(EmbeddedServer(options.app.model_repository, threads=options.threads))
                 choice = choose_server(embedded.grpc_url if choice.protocol == "grpc" else embedded.http_url,
                                        protocol=choice.protocol)
