@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .plan import TRITON_VARIANTS, Job, ServerInfo, Skip
+from .triton import embedded_server
 from .variants import make_runner
 
 
@@ -108,18 +109,10 @@ def probe_main(spec_text: str) -> int:
     spec = json.loads(spec_text)
     image = np.load(spec["image"])
     job = Job.from_params(spec["job"], image)
-    embedded = server = None
     try:
-        if spec["variant"] in TRITON_VARIANTS:
-            from ..core.server import EmbeddedServer
-
-            embedded = EmbeddedServer(job.repository, threads=job.threads, runtime=job.runtime or None).start()
-            server = ServerInfo(embedded.host, dict(embedded.ports), embedded.process.pid, embedded.version)
-        result = probe_memory(spec["variant"], job, server)
+        with embedded_server(job, spec["variant"] in TRITON_VARIANTS) as server:
+            result = probe_memory(spec["variant"], job, server)
     except Skip as exc:
         result = {"name": spec["variant"], "skipped": str(exc)}
-    finally:
-        if embedded is not None:
-            embedded.stop()
     print(json.dumps(result), flush=True)
     return 0

@@ -30,6 +30,7 @@ from .plan import (
     prepare_job,
 )
 from .runners import Runner
+from .triton import embedded_server
 from .variants import make_runner
 
 
@@ -130,8 +131,6 @@ def machine_info(server: ServerInfo | None) -> dict:
 
 def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threads: int, memory: bool = True,
                   log: Callable[[str], None] = print, runtime: str = "") -> dict:
-    from ..core.server import EmbeddedServer
-
     started = time.perf_counter()
     load_before = os.getloadavg()
     job = prepare_job(workload, threads, runtime)
@@ -140,12 +139,7 @@ def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threa
     log(f"  image {list(job.image.shape)} float32 ({job.input_mb:.1f} MB), {len(plan)} windows of {list(job.roi)}, "
         f"overlap {job.overlap}, {job.blending}, batch {job.batch_size}, {job.in_flight} in flight, "
         f"{threads} threads")
-    server = None
-    embedded = None
-    try:
-        if any(v in TRITON_VARIANTS for v in variants):
-            embedded = EmbeddedServer(job.repository, threads=threads, runtime=job.runtime or None).start()
-            server = ServerInfo(embedded.host, dict(embedded.ports), embedded.process.pid, embedded.version)
+    with embedded_server(job, any(v in TRITON_VARIANTS for v in variants)) as server:
         results = {name: Result(name) for name in variants}
         runners: dict[str, Runner] = {}
         for name in variants:
@@ -199,9 +193,6 @@ def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threa
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
                         results[name].memory = {"error": str(exc)}
                     log(f"  memory {name}: {results[name].memory.get('peak_rss_mb', '?')} MB above the baseline")
-    finally:
-        if embedded is not None:
-            embedded.stop()
     floor = next((statistics.median(results[name].times) for name in FLOORS
                   if name in results and results[name].times), None)
     machine = machine_info(server)

@@ -1,8 +1,10 @@
 """The bench rows through the embedded Triton server: HTTP, gRPC, shared memory and JSON inputs."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -86,3 +88,21 @@ class JsonRunner(EngineRunner):
             raise Skip("no server")
         self.note = f"HTTP, JSON inputs, binary outputs, {self.job.in_flight} in flight"
         return JsonPredictor(self.server.host, self.server.ports["http"], self.job.model_name, self.job.in_flight)
+
+
+@contextlib.contextmanager
+def embedded_server(job: Job, needed: bool = True) -> Iterator[ServerInfo | None]:
+    """A fresh embedded Triton server on the job's repository, runtime and threads for the Triton rows
+    (``None`` when not ``needed``); stopped on leaving."""
+    if not needed:
+        yield None
+        return
+    from ..core.server import EmbeddedServer
+
+    embedded = EmbeddedServer(job.repository, threads=job.threads, runtime=job.runtime or None).start()
+    try:
+        process = embedded.process
+        assert process is not None, "a started server has its process"
+        yield ServerInfo(embedded.host, dict(embedded.ports), process.pid, embedded.version)
+    finally:
+        embedded.stop()
