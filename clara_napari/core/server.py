@@ -176,6 +176,13 @@ def _stub_regions(pgid: int) -> list[str]:
     return names
 
 
+def server_process_group(pgid: int) -> tuple[list[int], list[str]]:
+    """The live processes of an embedded server's process group ``pgid`` (``tritonserver`` and its
+    python-backend stubs) and the names of the stubs' shared-memory regions (``/dev/shm``): what
+    ``clara-napari bench`` measures the server's memory on."""
+    return _group_members(pgid), _stub_regions(pgid)
+
+
 def _owner_only_regions(pgid: int) -> list[str]:
     """Make the python backend's shared-memory regions owner-only; returns their names.
 

@@ -307,6 +307,12 @@ def _close_thread_client(local: threading.local) -> None:
     destroy_gevent_hub()
 
 
+def close_thread_client(local: threading.local) -> None:
+    """Public form of :func:`_close_thread_client`, for other clients on :class:`ClientThreads`
+    (``clara-napari bench``'s JSON predictor): close the thread's ``local.client`` and its gevent hub."""
+    _close_thread_client(local)
+
+
 def wait_ready(client, address: Address, timeout_s: float, headers: dict[str, str] | None = None) -> None:
     """Poll readiness every 0.5 s (as the original operator did) until ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

@@ -16,8 +16,10 @@ import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+from .options import add_header_and_tls_args, parse_headers
 
 log = logging.getLogger("clara_napari")
 
@@ -33,18 +35,16 @@ def add_dicom_args(run: argparse.ArgumentParser) -> None:
     group.add_argument("--send", action="store_true", help="store the SEG back to --pacs (STOW-RS)")
     group.add_argument("--send-dicom", action="append", default=[], metavar="AET@HOST:PORT",
                        help="store the SEG to a DICOM node with C-STORE, repeatable")
-    group.add_argument("--pacs-header", action="append", default=[], metavar="KEY=VALUE",
-                       help="request header for the PACS (e.g. Authorization), repeatable; also from "
-                            "$CLARA_NAPARI_PACS_HEADERS (KEY=VALUE;KEY=VALUE); never logged")
-    group.add_argument("--pacs-ssl-ca", help="CA certificate file for an https:// PACS")
-    group.add_argument("--pacs-ssl-cert", help="client certificate file (with --pacs-ssl-key)")
-    group.add_argument("--pacs-ssl-key", help="client private key file (with --pacs-ssl-cert)")
+    add_header_and_tls_args(group, prefix="pacs-",
+                            header_help="request header for the PACS (e.g. Authorization), repeatable; also from "
+                                        "$CLARA_NAPARI_PACS_HEADERS (KEY=VALUE;KEY=VALUE); never logged",
+                            ca_help="CA certificate file for an https:// PACS")
     group.add_argument("--pacs-timeout", type=float, default=30.0, help="seconds per PACS request (default 30)")
 
 
 def check_dicom_args(args: argparse.Namespace) -> None:
     """Refuse contradictory options before anything runs (one sentence each)."""
-    from .core.errors import PacsError
+    from ..core.errors import PacsError
 
     if args.pacs and not args.study:
         raise PacsError("--pacs needs --study (the Study Instance UID to fetch).")
@@ -59,8 +59,7 @@ def check_dicom_args(args: argparse.Namespace) -> None:
 
 
 def pacs_of(args: argparse.Namespace):
-    from .cli import parse_headers
-    from .core.dicom.pacs import Pacs
+    from ..core.dicom.pacs import Pacs
 
     headers = parse_headers(args.pacs_header, env="CLARA_NAPARI_PACS_HEADERS")
     return Pacs(args.pacs, headers=headers, ssl_ca=args.pacs_ssl_ca, ssl_cert=args.pacs_ssl_cert,
@@ -86,9 +85,9 @@ def pacs_input(args: argparse.Namespace) -> Iterator[Path | None]:
 
 def send_results(args: argparse.Namespace, results) -> int:
     """Send each written SEG where asked; returns the number of failed sends (each printed on one line)."""
-    from .core.dicom.pacs import c_store
-    from .core.dicom.seg import SEG_SUFFIX
-    from .core.errors import ClaraNapariError
+    from ..core.dicom.pacs import c_store
+    from ..core.dicom.seg import SEG_SUFFIX
+    from ..core.errors import ClaraNapariError
 
     if not (args.send or args.send_dicom):
         return 0
