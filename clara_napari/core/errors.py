@@ -80,3 +80,9 @@ class PacsError(ClaraNapariError):
 
 class UsageError(ClaraNapariError):
     """A command-line or API argument that cannot work (a missing folder, conflicting options)."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's text (its type's name when it has none), for one-sentence errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

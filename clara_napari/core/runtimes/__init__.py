@@ -149,8 +149,3 @@ def _load(runtime: str, path: Path, model_format: str, threads: int) -> Engine:
     from .torchscript import TorchScriptEngine
 
     return TorchScriptEngine(path, threads=threads)
-
-
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0][:limit] if text else type(exc).__name__)

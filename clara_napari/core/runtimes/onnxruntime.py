@@ -15,7 +15,7 @@ class OnnxRuntimeEngine:
     def __init__(self, model_file: Path, *, threads: int) -> None:
         import onnxruntime as ort
 
-        from . import first_line
+        from ..errors import first_line
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -38,7 +38,7 @@ class OnnxRuntimeEngine:
         return name in self.output_names
 
     def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, copy: bool = True) -> list[np.ndarray]:
-        from . import first_line
+        from ..errors import first_line
 
         try:  # InferenceSession.run is thread-safe
             return self.session.run(list(outputs), {k: np.ascontiguousarray(v) for k, v in inputs.items()})

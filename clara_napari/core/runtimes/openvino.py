@@ -115,7 +115,7 @@ class OpenVinoEngine:
             with cache_lock():
                 self.compiled = ov_core.compile_model(str(model_file), "CPU", compile_options(threads))
         except Exception as exc:  # OpenVINO raises RuntimeError with a long report
-            from . import first_line
+            from ..errors import first_line
 
             raise ConfigError(f"{model_file}: OpenVINO cannot load the model ({first_line(exc)}).") from None
         self.model_file = model_file
@@ -158,7 +158,7 @@ class OpenVinoEngine:
             try:
                 request.infer(feed, share_inputs=True, share_outputs=True)
             except Exception as exc:  # e.g. a window size the network cannot take
-                from . import first_line
+                from ..errors import first_line
 
                 raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "
                                          f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from None

@@ -30,7 +30,7 @@ class TorchScriptEngine:
     runtime = "torch"
 
     def __init__(self, model_file: Path, *, threads: int) -> None:
-        from . import first_line
+        from ..errors import first_line
 
         try:
             import torch
@@ -62,7 +62,7 @@ class TorchScriptEngine:
         return self
 
     def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, copy: bool = True) -> list[np.ndarray]:
-        from . import first_line
+        from ..errors import first_line
 
         torch = self.torch
         input_names = self.input_names or list(inputs)
