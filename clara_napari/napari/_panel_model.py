@@ -23,7 +23,7 @@ from ..core.config import InferenceConfig
 from ..core.errors import ClaraNapariError, ConfigError
 from ..core.pipeline import Segmentation
 from ..core.registry import revalidated
-from ..core.volume import Volume, safe_stem, write_volume
+from ..core.volume import Volume
 from ._geometry import (
     AXIS_LABELS,
     KEY,
@@ -42,10 +42,9 @@ from ._panel import (
     measure,
     replacement,
     result_name,
-    to_csv,
 )
 from ._runner import Job, ServerInfo, transport_options
-from ._writer import layer_volume, smallest_label_dtype
+from ._writer import layer_volume
 
 #: the app field's last entry: a config_inference.json chosen as a file
 CONFIG_FILE = "config file…"
@@ -59,7 +58,7 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _path_text(value: Any) -> str:
+def path_text(value: Any) -> str:
     """A file field's value as text; an empty field (magicgui shows it as ``.``) is ``""``."""
     text = str(value or "").strip()
     return "" if text in ("", ".") else text
@@ -89,8 +88,8 @@ class Transport:
 
     def options(self) -> dict[str, Any]:
         """TransportOptions keywords (raises the project's errors for a malformed header)."""
-        return transport_options(self.headers, _path_text(self.ssl_ca), _path_text(self.ssl_cert),
-                                 _path_text(self.ssl_key))
+        return transport_options(self.headers, path_text(self.ssl_ca), path_text(self.ssl_cert),
+                                 path_text(self.ssl_key))
 
 
 @dataclass(frozen=True)
@@ -116,23 +115,23 @@ class PanelState:
         app = saved_app if saved_app in choices else (apps[0] if apps else CONFIG_FILE)
         protocol = settings.get("protocol")
         rerun = settings.get("rerun")
-        return cls(app=app, app_file=_path_text(settings.get("app_file")),
+        return cls(app=app, app_file=path_text(settings.get("app_file")),
                    server=str(settings.get("server") or AUTO),
                    protocol=protocol if protocol in PROTOCOLS else "HTTP",
-                   export_dir=_path_text(settings.get("export_dir")),
+                   export_dir=path_text(settings.get("export_dir")),
                    rerun=rerun if rerun in RERUN_CHOICES else NEW_LAYER,
                    probabilities=settings.get("probabilities") == "yes")
 
     def settings(self) -> dict[str, str]:
         """The values kept in the settings file (strings, as :mod:`._settings` stores them)."""
         return {"server": self.server.strip() or AUTO, "protocol": self.protocol, "app": self.app,
-                "app_file": _path_text(self.app_file), "export_dir": _path_text(self.export_dir),
+                "app_file": path_text(self.app_file), "export_dir": path_text(self.export_dir),
                 "rerun": self.rerun, "probabilities": "yes" if self.probabilities else "no"}
 
     def resolve_app(self) -> App:
         """The app the panel names (a bundled app, or the chosen config file)."""
         if self.app == CONFIG_FILE:
-            path = _path_text(self.app_file)
+            path = path_text(self.app_file)
             if not path:
                 raise ConfigError("choose a config_inference.json file (app: config file…).")
             return resolve_app(path)
@@ -348,61 +347,3 @@ def measure_layer(labels: Any, source_metadata: Mapping[str, Any], names: Mappin
         reference_data = layer_volume(reference.data, layer_attributes(reference), records=[source_metadata]).array
     return measure(volume.array, volume.spacing, dict(names), reference_data,
                    f"the reference layer '{getattr(reference, 'name', '')}'")
-
-
-# -- export -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExportPlan:
-    """A snapshot of what an export writes (the user may paint on the layer while it is written)."""
-
-    target: Path
-    stem: str
-    image: Volume
-    labels: Volume
-    app: App
-    model: str
-    rows: list[Measurement]
-
-
-def export_folder(text: Any) -> Path | None:
-    """The export field as a folder; ``None`` when none is chosen."""
-    value = _path_text(text)
-    return Path(value) if value else None
-
-
-def plan_export(target: Path, source: Any, labels_layer: Any, app: App, model: str,
-                rows: list[Measurement]) -> ExportPlan:
-    """The volumes to export from the image and result layers (raises when they no longer share a grid)."""
-    image = layer_volume(source.data, layer_attributes(source), records=[source.metadata])
-    labels = layer_volume(labels_layer.data, layer_attributes(labels_layer), records=[source.metadata])
-    labels = labels.with_array(labels.array.astype(smallest_label_dtype(labels.array), copy=True), path=None)
-    if not labels.same_grid(image):
-        raise ClaraNapariError(f"the Labels layer '{labels_layer.name}' is no longer on the grid of '{source.name}'.")
-    stem = safe_stem(image.name if image.path is not None else source.name)
-    return ExportPlan(Path(target), stem, image, labels, app, model, list(rows))
-
-
-def write_export(plan: ExportPlan) -> list[Path]:
-    """``<target>/output/<stem>.mhd``, the publish bundle ``<target>/publish/``, the measurements as CSV
-    (and a DICOM SEG for a DICOM source): all of them or none."""
-    from ..core.atomic import Transaction
-    from ..core.components import VolumeWriter
-    from ..core.dicom.series import is_dicom_series
-    from ..core.dicom.writer import write_app_seg
-    from ..core.publish import write_publish_bundle
-
-    image, labels = plan.image, plan.labels
-    header = plan.target / "output" / f"{plan.stem}.mhd"
-    table = plan.target / "output" / f"{plan.stem}.measurements.csv"
-    with Transaction(overwrite=True, forbid=[image.path]) as txn:
-        write_volume(labels, txn.path(header), forbid=[image.path] if image.path else [])
-        segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), labels)], model=plan.model)
-        bundle = write_publish_bundle(plan.target / "publish", segmentation, plan.app, overwrite=True, name=plan.stem,
-                                      transaction=txn)
-        if is_dicom_series(image.path):   # a DICOM series source: its DICOM SEG as well
-            seg = plan.target / "output" / f"{plan.stem}.seg.dcm"
-            write_app_seg(labels.with_array(labels.array, path=image.path), plan.app, txn.path(seg), model=plan.model)
-            bundle.append(seg)
-        txn.path(table).write_text(to_csv(plan.rows), encoding="utf-8")
-        txn.commit()
-    return [header, *bundle, table]

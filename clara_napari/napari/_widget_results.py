@@ -20,15 +20,13 @@ from ..core.errors import ClaraNapariError
 from ..core.pipeline import Segmentation
 from ._geometry import KEY
 from ._panel import REPLACE, result_name, table_columns, to_csv
+from ._panel_export import export_folder, plan_export, write_export
 from ._panel_model import (
     PreparedResult,
     SourceLayer,
-    export_folder,
     measure_layer,
-    plan_export,
     prepare_result,
     server_line,
-    write_export,
 )
 from ._qt_support import alive, label_colormap
 

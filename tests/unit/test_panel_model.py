@@ -1,4 +1,4 @@
-"""The Triton Inference panel's Qt-free model (clara_napari/napari/_panel_model.py): validated overrides,
+"""The Triton Inference panel's Qt-free model (clara_napari/napari/_panel_model.py, _panel_export.py): validated overrides,
 state ↔ settings, job creation, result layers as plain data, export. No Qt, no display, no server."""
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from clara_napari.core.pipeline import Segmentation
 from clara_napari.core.volume import Volume, read_volume
 from clara_napari.napari._geometry import KEY, volume_to_layer
 from clara_napari.napari._panel import NEW_LAYER, REPLACE
+from clara_napari.napari._panel_export import export_folder, plan_export, write_export
 from clara_napari.napari._panel_model import (
     CONFIG_FILE,
     LayerSpec,
@@ -28,14 +29,11 @@ from clara_napari.napari._panel_model import (
     app_defaults,
     configured,
     error_message,
-    export_folder,
     label_color_table,
     make_job,
     measure_layer,
-    plan_export,
     prepare_result,
     server_line,
-    write_export,
 )
 from clara_napari.napari._runner import ServerInfo
 
@@ -45,7 +43,7 @@ BUNDLED = DATA_ROOT / "config" / "brain_extraction_t1"
 def test_the_model_imports_no_qt_and_no_napari():
     import subprocess
 
-    code = ("import sys; import clara_napari.napari._panel_model; "
+    code = ("import sys; import clara_napari.napari._panel_model, clara_napari.napari._panel_export; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', "
             "'PySide2', 'PySide6', 'magicgui', 'superqt', 'vispy')); print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
