@@ -1,4 +1,4 @@
-"""Helpers for running napari headless (tests, the screenshot script, notebooks on servers).
+"""Helpers for running napari headless in the tests and scripts/screenshot.py (test tooling: not shipped).
 
 ``ensure_display()`` starts an Xvfb server when no ``DISPLAY`` is set (napari draws with OpenGL, so
 Qt's ``offscreen`` platform is not enough), and :class:`StallMeter` measures how long the Qt event
