@@ -1,11 +1,10 @@
-"""The *Triton Inference* panel without Qt or napari: its state, validated overrides, jobs, result layers
-and export.
+"""The *Triton Inference* panel without Qt or napari: its state, validated overrides, jobs and result layers.
 
 The Qt widget (:mod:`._widget`) reads its fields into a :class:`PanelState`, asks this module for a
 :class:`~._runner.Job` (:func:`make_job`), hands a finished segmentation to :func:`prepare_result`
-(plain layer data: array, name, colours, metadata) and a result to :func:`plan_export` /
-:func:`write_export`; it only turns these into napari layers and notifications. Layers are read
-through their plain attributes (``data``, ``scale``, ``metadata``...), never through napari types.
+(plain layer data: array, name, colours, metadata) and a result to :mod:`._panel_export`; it only
+turns these into napari layers and notifications. Layers are read through their plain attributes
+(``data``, ``scale``, ``metadata``...), never through napari types.
 """
 from __future__ import annotations
 
