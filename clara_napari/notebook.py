@@ -45,7 +45,7 @@ def add_to_viewer(viewer, volume: Volume | str | Path, *, kind: str = "image", n
         layer_kwargs.setdefault("colormap", "gray")
         layer_kwargs.update(kwargs)
         return viewer.add_image(data, **layer_kwargs)
-    from .napari._widget import label_colormap
+    from .napari._qt_support import label_colormap
 
     extra: dict[str, Any] = {}
     names: dict[int, str] = {}

@@ -66,7 +66,8 @@ def test_a_refused_connection_is_reported_at_once():
 
 def test_run_job_reports_a_dead_server_within_a_second(tmp_path, no_env):
     from clara_napari.core.volume import Volume
-    from clara_napari.napari._runner import Job, configured, run_job
+    from clara_napari.napari._panel_model import configured
+    from clara_napari.napari._runner import Job, run_job
 
     app = brain_app(tmp_path / "app")
     job = Job(volume=Volume(np.zeros((8, 8, 8), np.float32)), app=app, config=configured(app.config),

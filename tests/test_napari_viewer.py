@@ -10,7 +10,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from clara_napari.napari._testing import ensure_display  # noqa: E402
+from napari_helpers import ensure_display  # noqa: E402
 
 if ensure_display() is None:  # napari draws with OpenGL: Qt's offscreen platform is not enough
     raise RuntimeError("napari is installed but there is no X display and no Xvfb to start one "

@@ -13,7 +13,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from clara_napari.napari._testing import ensure_display  # noqa: E402
+from napari_helpers import ensure_display  # noqa: E402
 
 if ensure_display() is None:
     raise RuntimeError("napari is installed but there is no X display and no Xvfb to start one "
@@ -27,7 +27,7 @@ from clara_napari.core.volume import read_volume, write_volume  # noqa: E402
 from clara_napari.napari._geometry import KEY  # noqa: E402
 from clara_napari.napari._panel import REPLACE  # noqa: E402
 from clara_napari.napari._servers import SERVERS  # noqa: E402
-from clara_napari.napari._testing import StallMeter  # noqa: E402
+from napari_helpers import StallMeter  # noqa: E402
 from clara_napari.napari._widget import CONFIG_FILE, TritonInferenceWidget  # noqa: E402
 from conftest import assert_same_geometry, bundled_config, crop_volume, write_app  # noqa: E402
 

@@ -14,7 +14,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from clara_napari.napari._testing import ensure_display  # noqa: E402
+from napari_helpers import ensure_display  # noqa: E402
 
 if ensure_display() is None:
     raise RuntimeError("napari is installed but there is no X display and no Xvfb to start one "
@@ -25,7 +25,7 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 from qtpy.QtWidgets import QLineEdit  # noqa: E402
 
 from clara_napari.napari._panel import NEW_LAYER, REPLACE, to_csv  # noqa: E402
-from clara_napari.napari._testing import StallMeter  # noqa: E402
+from napari_helpers import StallMeter  # noqa: E402
 from clara_napari.napari._widget import RUN_KEY, TritonInferenceWidget  # noqa: E402
 from conftest import dice  # noqa: E402
 from test_napari_widget import crop, free_port, open_with_widget, settings_dir, wait_idle  # noqa: E402,F401

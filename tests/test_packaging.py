@@ -94,7 +94,7 @@ def test_server_extra_resolves_on_linux_with_new_glibc(built_wheel, tmp_path):
 @pytest.mark.timeout(2400)
 def test_wheel_in_a_fresh_venv_from_another_folder(built_wheel, tmp_path):
     """The README's user path: pip install the wheel, then the CLI, the notebook and napari elsewhere."""
-    from clara_napari.napari._testing import ensure_display
+    from napari_helpers import ensure_display
 
     venv = tmp_path / "venv"
     elsewhere = tmp_path / "elsewhere"

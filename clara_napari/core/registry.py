@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 from .errors import ConfigError, ConfigProblems
 
 log = logging.getLogger(__name__)
+C = TypeVar("C", bound="Component")
 T = TypeVar("T", bound=type)
 
 
@@ -125,6 +126,21 @@ class Registry:
         component._config_name = name
         component._json_path = path
         return component
+
+
+def revalidated(component: C, updates: dict[str, Any], path: str, file: str = "") -> C:
+    """A copy of ``component`` with ``updates`` applied and validated as the config's own args are
+    (``model_copy(update=...)`` would skip validation); problems are :class:`ConfigError` s naming
+    ``path``'s field."""
+    cls = type(component)
+    try:
+        copy = cls.model_validate({**component.model_dump(), **updates})
+    except pydantic.ValidationError as exc:
+        errors = _config_errors(exc, cls, path, file)
+        raise (errors[0] if len(errors) == 1 else ConfigProblems(errors, file=file)) from None
+    copy._config_name = component._config_name
+    copy._json_path = component._json_path
+    return copy
 
 
 ENTRY_POINT_GROUP = "clara_napari.components"

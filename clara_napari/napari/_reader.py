@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.errors import ClaraNapariError
 from ..core.volume import VOLUME_SUFFIXES, Volume, looks_like_dicom_folder, read_volume
 from ._geometry import volume_to_layer
 
@@ -32,7 +33,7 @@ def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerData
             return read_layers if looks_like_dicom_folder(target) else None
         if target.name.lower().endswith(VOLUME_SUFFIXES) and target.is_file():
             return read_layers
-    except Exception:  # a reader hook must never raise: napari then tries another plugin
+    except (OSError, TypeError, ValueError, ClaraNapariError):  # a reader hook never raises: napari tries another plugin
         return None
     return None
 

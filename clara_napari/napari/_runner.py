@@ -1,7 +1,6 @@
 """What the widget runs in its worker thread: resolve the server, open the model, segment (no Qt here)."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +8,6 @@ from typing import Any
 
 from ..core.apps import App
 from ..core.backends.triton import parse_address
-from ..core.components import ScanWindowInferer
 from ..core.config import InferenceConfig
 from ..core.errors import Cancelled
 from ..core.masking import parse_header_items
@@ -88,32 +86,6 @@ def connect(server: str, protocol: str, repository: Path, *, ready_timeout_s: fl
         return _info(choice, backend, models)
     finally:
         backend.close()
-
-
-def configured(config: InferenceConfig, *, model: str | None = None, roi_size: list[int] | None = None,
-               overlap: float | None = None, blending: str | None = None,
-               requests_in_flight: int | None = None) -> InferenceConfig:
-    """A copy of ``config`` with the widget's choices (the app's own config is left untouched).
-
-    A model other than the app's drops the app's model loader (its ``config.pbtxt`` describes the
-    app's model). ``roi_size`` with a zero means "the model's own window".
-    """
-    inferer = config.inferer
-    updates: dict[str, Any] = {}
-    loader = config.model_loader
-    if model and model != inferer.model_name:
-        updates["model_name"] = model
-        loader = None
-    if isinstance(inferer, ScanWindowInferer):
-        if roi_size is not None:
-            updates["roi_size"] = [int(v) for v in roi_size] if all(int(v) > 0 for v in roi_size) else None
-        if overlap is not None:
-            updates["overlap"] = float(overlap)
-        if blending is not None:
-            updates["blending"] = blending
-    if requests_in_flight is not None:
-        updates["requests_in_flight"] = int(requests_in_flight)
-    return dataclasses.replace(config, inferer=inferer.model_copy(update=updates), model_loader=loader)
 
 
 @dataclass

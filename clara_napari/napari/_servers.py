@@ -7,10 +7,14 @@ and at exit (the core stops every embedded server then too).
 from __future__ import annotations
 
 import atexit
+import logging
+import subprocess
 import threading
 from pathlib import Path
 
 from ..core.server import EmbeddedServer
+
+log = logging.getLogger(__name__)
 
 
 class ServerPool:
@@ -53,8 +57,8 @@ class ServerPool:
         for server in servers:
             try:
                 server.stop()
-            except Exception:  # stopping is best effort (the core also stops them at exit)
-                pass
+            except (OSError, subprocess.SubprocessError) as exc:  # best effort (the core also stops them at exit)
+                log.warning("could not stop the embedded Triton server for %s: %s", server.repository, exc)
 
 
 SERVERS = ServerPool()

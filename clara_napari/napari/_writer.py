@@ -33,7 +33,7 @@ def _viewer_metadata() -> list[Mapping[str, Any]]:
     try:
         viewer = napari.current_viewer()
         return [layer.metadata for layer in viewer.layers] if viewer is not None else []
-    except Exception:  # no viewer, or napari without current_viewer: fall back to the transform
+    except (AttributeError, RuntimeError):  # napari without current_viewer, or its Qt side gone: the transform decides
         return []
 
 

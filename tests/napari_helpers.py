@@ -1,4 +1,4 @@
-"""Helpers for running napari headless (tests, the screenshot script, notebooks on servers).
+"""Helpers for running napari headless in the tests and scripts/screenshot.py (test tooling: not shipped).
 
 ``ensure_display()`` starts an Xvfb server when no ``DISPLAY`` is set (napari draws with OpenGL, so
 Qt's ``offscreen`` platform is not enough), and :class:`StallMeter` measures how long the Qt event
@@ -52,7 +52,7 @@ def _die_with_parent() -> None:  # in the child: Xvfb goes when this process goe
         import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
+    except (OSError, AttributeError):   # not glibc: Xvfb is still stopped at exit
         pass
 
 
@@ -71,7 +71,7 @@ class StallMeter:
     """Records the longest gap between ticks of a ``interval_ms`` Qt timer (the event loop's worst stall)."""
 
     def __init__(self, interval_ms: int = 10) -> None:
-        from qtpy.QtCore import QTimer, Qt
+        from qtpy.QtCore import Qt, QTimer
 
         self.interval_ms = interval_ms
         self.max_gap_ms = 0.0
@@ -87,7 +87,7 @@ class StallMeter:
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self._tick)
 
-    def start(self) -> "StallMeter":
+    def start(self) -> StallMeter:
         self.max_gap_ms, self.ticks, self.long_gaps = 0.0, 0, []
         self._last = self._start = time.perf_counter()
         self._timer.start()
