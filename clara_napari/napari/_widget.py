@@ -22,7 +22,6 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QApplication, QLineEdit, QStyledItemDelegate
@@ -34,6 +33,7 @@ from ..core.errors import ClaraNapariError
 from ..core.pipeline import Segmentation
 from ..core.volume import safe_stem, write_volume
 from ._geometry import AXIS_LABELS, KEY, UNITS, find_source_record, geometry_record, volume_to_layer
+from ._labels import label_colormap
 from ._panel import (AUTO, LOCAL, NEW_LAYER, REPLACE, RERUN_CHOICES, SERVER_HELP, choose_server, measure,
                      replacement, result_name, table_columns, to_csv)
 from ._runner import (Job, Outcome, ServerInfo, configured, connect, run_job,
@@ -54,14 +54,6 @@ def layer_attributes(layer) -> dict[str, Any]:
     return {"scale": np.asarray(layer.scale), "translate": np.asarray(layer.translate),
             "rotate": np.asarray(layer.rotate), "shear": np.asarray(layer.shear),
             "affine": layer.affine.affine_matrix, "metadata": layer.metadata, "name": layer.name}
-
-
-def label_colormap(colors: dict[int, str]) -> DirectLabelColormap:
-    table: dict[int | None, Any] = {0: np.zeros(4), None: np.array([1.0, 1.0, 1.0, 1.0])}
-    for value, color in colors.items():
-        rgb = [int(color.lstrip("#")[i:i + 2], 16) / 255.0 for i in (0, 2, 4)]
-        table[int(value)] = np.array(rgb + [1.0])
-    return DirectLabelColormap(color_dict=table)
 
 
 def _message(exc: BaseException) -> str:
@@ -610,7 +602,8 @@ class TritonInferenceWidget(Container):
         """
         attributes = layer_attributes(source)
         shape = np.shape(source.data)
-        names, colors = app.config.label_names(), app.config.label_colors()
+        table = app.config.label_table()
+        names = table.names()
         source_name = source.name
         transform = {"scale": np.array(source.scale), "translate": np.array(source.translate),
                      "rotate": np.array(source.rotate), "affine": source.affine.affine_matrix.copy()}
@@ -632,12 +625,11 @@ class TritonInferenceWidget(Container):
         def prepare(segmentation: Segmentation) -> dict[str, Any]:
             labels_volume = segmentation.labels
             extra = {"app": str(app.config_path), "model": segmentation.model, "source_layer": source_name,
-                     "labels": {str(v): [names[v], colors[v]] for v in names}}
+                     "labels": table.record()}
             data, kwargs = layer_kwargs(labels_volume, base_name, "labels", extra)
-            values = sorted(names)
-            kwargs["features"] = {"index": np.array([0] + values),
-                                  "name": ["background"] + [names[v] for v in values]}
-            kwargs["colormap"] = label_colormap(colors)
+            features = table.features()
+            kwargs["features"] = {"index": np.array(features["index"]), "name": features["name"]}
+            kwargs["colormap"] = label_colormap(table)
             prepared = {"data": data, "kwargs": kwargs, "layer": None, "replace": None, "probabilities": None,
                         "voxels": int(np.count_nonzero(labels_volume.array)),
                         "ml": labels_volume.physical_volume_ml()}
