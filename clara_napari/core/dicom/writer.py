@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..components import WRITERS, Writer
+from ..writers import WRITERS, Writer
 from ..errors import DicomError
 from ..label_table import LabelTable
 from ..transforms.spatial import Dtype
