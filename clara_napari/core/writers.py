@@ -19,6 +19,7 @@ from .registry import Component, Registry
 from .transforms.spatial import Dtype
 
 if TYPE_CHECKING:
+    from .apps import App
     from .label_table import LabelTable
     from .transforms import FieldMeta, Sample
     from .volume import Volume
@@ -82,7 +83,10 @@ class Writer(Component):
     def target(self, folder: Path, stem: str, index: int) -> Path:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def write(self, value, path: Path, *, forbid=(), overwrite: bool = True) -> Path:  # pragma: no cover
+    def write(self, value, path: Path, *, forbid=(), overwrite: bool = True, app: App | None = None,
+              model: str = "") -> Path:  # pragma: no cover - abstract
+        """Write ``value`` (what :meth:`output` made) to ``path``; ``app`` and ``model`` are there for the
+        writers that record them (DICOM SEG); every writer accepts them, so callers need not ask which."""
         raise NotImplementedError
 
 
@@ -105,7 +109,8 @@ class VolumeWriter(Writer):
         name = f"{stem}.{self.format}" if index == 0 else f"{stem}.{self.field}.{self.format}"
         return self.folder(folder) / name
 
-    def write(self, value, path: Path, *, forbid=(), overwrite: bool = True) -> Path:
+    def write(self, value, path: Path, *, forbid=(), overwrite: bool = True, app: App | None = None,
+              model: str = "") -> Path:
         from .volume import write_volume
 
         return write_volume(value, path, compress=self.compress, overwrite=overwrite, forbid=forbid)
@@ -210,7 +215,8 @@ class ClassificationWriter(Writer):
                  for i in range(len(values))]
         return ClassificationResult(tuple(names), tuple(values), self.threshold, self.top_k)
 
-    def write(self, value: ClassificationResult, path: Path, *, forbid=(), overwrite: bool = True) -> Path:
+    def write(self, value: ClassificationResult, path: Path, *, forbid=(), overwrite: bool = True,
+              app: App | None = None, model: str = "") -> Path:
         from .atomic import atomic_paths
         from .errors import VolumeError
 

@@ -181,3 +181,15 @@ def test_classification_writer_names_classes_from_its_args_then_the_app_then_num
     assert result.names == ("normal", "nodule", "class_2")
     assert result.positives == ["nodule", "class_2"]
 
+
+
+def test_every_writer_takes_the_app_and_model_so_callers_need_not_ask(tmp_path):
+    source = oblique_volume()
+    sample = loaded(source)
+    sample.put("model", np.zeros((1, *sample["image"].shape), np.float32), sample.meta["image"].copy(is_label=True))
+    writer = VolumeWriter()
+    path = writer.write(writer.output(sample, source, LabelTable()), tmp_path / "v.mhd", app=None, model="m")
+    assert path.is_file()
+    scores = ClassificationWriter().result([0.3, 0.8], LabelTable())
+    path = ClassificationWriter().write(scores, tmp_path / "output-v.csv", forbid=[tmp_path / "v.nii"], app=None, model="m")
+    assert path.read_text().splitlines()[1] == "v.nii,0.5,class_1,class_1:0.8000 class_0:0.3000"
