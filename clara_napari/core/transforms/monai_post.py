@@ -1,7 +1,7 @@
 """Clara 4 (MONAI-style) post-transforms: activations, discretising, the largest component, inverting.
 
-The pre-transforms and what every MONAI-style transform shares (``keys``, one value per key) are in
-:mod:`.monai_style`, which registers these too (it imports this module).
+The pre-transforms are in :mod:`.monai_style`, what every MONAI-style transform shares (``keys``,
+one value per key) in :mod:`.monai_base`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from ..errors import ConfigError
 from ..geometry import onto_grid
 from .base import TRANSFORMS, FieldMeta, Sample
-from .monai_style import MonaiTransform, one_per_key
+from .monai_base import MonaiTransform, one_per_key
 
 
 @TRANSFORMS.register("Activationsd")

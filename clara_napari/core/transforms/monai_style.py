@@ -8,7 +8,8 @@ way back to the input grid (``Invertd``, the writers) is exact in the same way.
 
 Keys a validation config names that do not exist at inference (``label``) are skipped; the
 loader lists them (:attr:`InferenceConfig.skipped`). The pre-transforms are here, the
-post-transforms (``Activationsd`` … ``Invertd``) in :mod:`.monai_post`.
+post-transforms (``Activationsd`` … ``Invertd``) in :mod:`.monai_post`, what both share (``keys``,
+one value per key) in :mod:`.monai_base`.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from pydantic import field_validator
 
 from ..errors import ConfigError
 from ..geometry import Grid, reorient, resample
-from ..registry import as_field_list
-from .base import TRANSFORMS, Sample, Transform
+from .base import TRANSFORMS, Sample
 from .intensity import ScaleIntensityRange
+from .monai_base import MonaiTransform, one_per_key
 from .spatial import Dtype, LoadNifti
 
 #: every Clara 4 name registered here or in ``components`` (used to recognise the format)
@@ -31,27 +32,6 @@ MONAI_STYLE_NAMES = frozenset({
     "Activationsd", "AsDiscreted", "KeepLargestConnectedComponentd", "Invertd", "SaveImaged",
     "SlidingWindowInferer",
 })
-
-
-def one_per_key(value: Any, keys: list[str], name: str) -> list[Any]:
-    """MONAI's per-key args: one value for all keys, or a list with one value per key."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != len(keys):
-            raise ConfigError(f"{name}: {len(value)} values for {len(keys)} keys.")
-        return list(value)
-    return [value] * len(keys)
-
-
-class MonaiTransform(Transform):
-    """``keys``: one data key or a list; keys absent at inference (``label``) are skipped."""
-
-    keys: list[str]
-    allow_missing_keys: bool = False
-
-    _normalise_keys = field_validator("keys", mode="before")(as_field_list)
-
-    def present(self, sample: Sample) -> list[tuple[int, str]]:
-        return [(i, key) for i, key in enumerate(self.keys) if key in sample]
 
 
 @TRANSFORMS.register("LoadImaged", "LoadNiftid")
@@ -270,6 +250,3 @@ class ToTensord(MonaiTransform):
 
     def __call__(self, sample: Sample) -> None:
         return None
-
-
-from . import monai_post as _monai_post  # noqa: E402,F401  (registers the post-transforms)
