@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .atomic import Transaction
 from .errors import VolumeError
@@ -82,7 +82,7 @@ def config_meta(name: str, density: str, masks: list[str], fmt: str = "meta",
     """The bundle's ``config.meta``; ``labels`` (value → name, colour) is our addition for viewers
     that show label names (Render Servers ignore keys they do not know)."""
     if fmt == "data":
-        meta = {"data": [{"file": density, "order": "DXYZ"}] + [{"file": m, "order": "MXYZ"} for m in masks],
+        meta: dict[str, Any] = {"data": [{"file": density, "order": "DXYZ"}] + [{"file": m, "order": "MXYZ"} for m in masks],
                 "name": name, "settings": "config_render.json"}
     else:
         meta = {"density": density, "name": name, "seg_masks": masks, "settings": "config_render.json"}
@@ -91,7 +91,7 @@ def config_meta(name: str, density: str, masks: list[str], fmt: str = "meta",
     return meta
 
 
-def render_config_text(app: "App | None", labels: LabelTable | None = None) -> str:
+def render_config_text(app: App | None, labels: LabelTable | None = None) -> str:
     """The app's ``config_render.json`` (a JSON object from inside the app folder, copied as it is),
     else one generated from ``labels`` (default: the app's). It is only ever copied, never interpreted."""
     if app is not None and app.render_config_path is not None:
@@ -125,7 +125,7 @@ def bundle_names(stem: str) -> list[str]:
     return [f"{stem}.raw", f"{stem}.out.raw", f"{stem}.mhd", f"{stem}.out.mhd", "config_render.json", "config.meta"]
 
 
-def write_publish_bundle(folder: str | Path, segmentation: "Segmentation", app: "App | None", *, fmt: str = "meta",
+def write_publish_bundle(folder: str | Path, segmentation: Segmentation, app: App | None, *, fmt: str = "meta",
                          overwrite: bool = False, name: str | None = None,
                          transaction: Transaction | None = None, labels: LabelTable | None = None) -> list[Path]:
     """Write the bundle of one volume into ``folder``; returns the paths written (meta last).
@@ -148,7 +148,7 @@ def write_publish_bundle(folder: str | Path, segmentation: "Segmentation", app: 
                 raise VolumeError(f"{existing}: exists already in the publish folder (use --overwrite to replace it).")
     forbid = [segmentation.source.path] if segmentation.source.path else []
     own = transaction is None
-    txn = Transaction(overwrite=overwrite) if own else transaction
+    txn = transaction if transaction is not None else Transaction(overwrite=overwrite)
     txn.forbid |= {Path(p).resolve() for p in forbid}
     try:
         write_volume(segmentation.source.with_array(segmentation.source.array, path=None), txn.path(folder / density),
