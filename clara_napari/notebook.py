@@ -19,6 +19,7 @@ from typing import Any
 
 from .core.apps import App, resolve_app
 from .core.errors import VolumeError
+from .core.label_table import LabelTable
 from .core.volume import Volume, read_volume
 
 __all__ = ["show", "add_to_viewer"]
@@ -45,20 +46,18 @@ def add_to_viewer(viewer, volume: Volume | str | Path, *, kind: str = "image", n
         layer_kwargs.setdefault("colormap", "gray")
         layer_kwargs.update(kwargs)
         return viewer.add_image(data, **layer_kwargs)
-    from .napari._qt_support import label_colormap
+    from .napari._labels import label_colormap
 
     extra: dict[str, Any] = {}
-    names: dict[int, str] = {}
-    colors: dict[int, str] = {}
+    table = LabelTable()
     if app is not None:
         resolved = app if isinstance(app, App) else resolve_app(app)
-        names, colors = resolved.config.label_names(), resolved.config.label_colors()
-        extra = {"app": str(resolved.config_path), "labels": {str(v): [names[v], colors[v]] for v in names}}
+        table = resolved.config.label_table()
+        extra = {"app": str(resolved.config_path), "labels": table.record()}
     data, layer_kwargs = volume_to_layer(volume, name=name or f"{volume.name} labels", kind="labels", **extra)
-    if colors:
-        layer_kwargs["colormap"] = label_colormap(colors)
-        values = sorted(names)
-        layer_kwargs["features"] = {"index": [0] + values, "name": ["background"] + [names[v] for v in values]}
+    if table:
+        layer_kwargs["colormap"] = label_colormap(table)
+        layer_kwargs["features"] = table.features()
     layer_kwargs.setdefault("opacity", 0.5)
     layer_kwargs.update(kwargs)
     return viewer.add_labels(data, **layer_kwargs)

@@ -318,7 +318,7 @@ def test_labels_as_plain_names_get_default_colours(tmp_path):
     loaded = load(tmp_path, config)
     assert list(loaded.labels) == [1, 2]
     assert loaded.label_names() == {1: "left lung", 2: "right lung"}
-    colours = loaded.label_colors()
+    colours = loaded.label_table().colors()
     assert colours[1] == "#00ff00" and colours[2].startswith("#") and len(colours[2]) == 7
 
 

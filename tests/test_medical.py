@@ -289,7 +289,8 @@ def test_segment_volume_checks_in_memory_voxels_too(tmp_path):
 
 
 # -- 4. test-time augmentation (mirroring) ------------------------------------------------------
-from clara_napari.core.windows import FunctionPredictor, mirror_combinations, sliding_window  # noqa: E402
+from clara_napari.core.windows import mirror_combinations, sliding_window  # noqa: E402
+from helpers.predictors import FunctionPredictor  # noqa: E402
 
 from conftest import brain_app as brain_app_with  # noqa: E402
 

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clara_napari.core import volume as volume_module
+from clara_napari.core import volume_headers
 from clara_napari.core.errors import VolumeError
 from clara_napari.core.volume import Volume, find_volumes, read_volume, volume_stem, write_volume
 
@@ -285,7 +285,7 @@ def test_huge_dimsize_is_refused_before_allocating(tmp_path, suffix):
 def test_huge_nifti_header_is_refused(tmp_path, monkeypatch):
     # the NIfTI path checks the header's size through SimpleITK before reading voxels
     sitk.WriteImage(sitk.Image([40, 40, 40], sitk.sitkFloat32), str(tmp_path / "big.nii.gz"))
-    monkeypatch.setattr(volume_module, "MAX_VOXEL_BYTES", 40 * 40 * 40 * 4 - 1)
+    monkeypatch.setattr(volume_headers, "MAX_VOXEL_BYTES", 40 * 40 * 40 * 4 - 1)
     assert_refused(tmp_path / "big.nii.gz", "GiB")
 
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from clara_napari.core.errors import Cancelled, ConfigError, ModelMismatchError
 from clara_napari.core.progress import CancelToken
-from clara_napari.core.windows import (FunctionPredictor, axis_starts, importance_map, plan_windows,
-                                       sliding_window)
+from clara_napari.core.windows import axis_starts, importance_map, plan_windows, sliding_window
+from helpers.predictors import FunctionPredictor
 
 # shapes and windows small enough that one example runs in milliseconds
 sizes = st.integers(1, 14)

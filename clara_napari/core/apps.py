@@ -240,7 +240,7 @@ def scaffold_app(destination: str | Path, source: str | Path | App = DEFAULT_APP
             shutil.rmtree(models)
     models.symlink_to(app.model_repository, target_is_directory=True)
     config = app.config
-    labels = "\n".join(f"| {value} | {info.name} | {config.label_colors()[value]} |" for value, info in config.labels.items())
+    labels = "\n".join(f"| {label.value} | {label.name} | {label.color} |" for label in config.label_table())
     (dest / "README.md").write_text(
         f"# {dest.name}\n\n"
         f"Created with `clara-napari new-app {dest} --from {app.name}`.\n\n"

@@ -18,6 +18,7 @@ from . import transforms as _transforms  # noqa: F401  (registers the transforms
 from .components import INFERERS, MODEL_LOADERS, WRITERS, InfererSpec, TritonModelLoader, VolumeWriter, Writer
 from .errors import ConfigError, ConfigProblems
 from .expectations import Expectations, parse_expectations
+from .label_table import LabelTable
 from .registry import Registry, load_plugins
 from .transforms import TRANSFORMS, Transform
 
@@ -33,7 +34,6 @@ KNOWN_KEYS = {"batch_size", "use_scanning_window", "pre_transforms", "inferer", 
 #: the formats :func:`detect_format` tells apart
 CLARA3, CLARA4, AIAA = "Clara 3", "Clara 4 (MONAI-style)", "AIAA"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
 
 
 class LabelInfo(BaseModel):
@@ -99,11 +99,13 @@ class InferenceConfig:
     def scanning(self) -> bool:
         return self.inferer.scanning and self.use_scanning_window
 
-    def label_names(self) -> dict[int, str]:
-        return {value: info.name for value, info in self.labels.items()}
+    def label_table(self) -> LabelTable:
+        """The app's labels (names, colours; the palette's where a label names none)."""
+        return LabelTable.from_config(self.labels)
 
-    def label_colors(self) -> dict[int, str]:
-        return {value: info.color or _COLOURS[(value - 1) % len(_COLOURS)] for value, info in self.labels.items()}
+    def label_names(self) -> dict[int, str]:
+        """Value → name (the table's names; colours and other forms: :meth:`label_table`)."""
+        return self.label_table().names()
 
 
 def load_config(path: str | Path, placeholders: dict[str, str] | None = None, *,

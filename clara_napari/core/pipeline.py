@@ -1,33 +1,32 @@
 """The whole flow, top to bottom.
 
-    Volume → pre-transforms → windows → predictor → stitching → post-transforms → writers
+    Volume → pre-transforms → inferer (windows → predictor → stitching) → post-transforms → writers
 
-:func:`segment` is the one place where these steps meet; every step lives in its own module
-(``transforms``, ``windows``, ``backends``, ``writers``). Long work reports progress and
-honours a :class:`~clara_napari.core.progress.CancelToken`.
+:func:`segment_volume` is the one place where these steps meet; every step lives in its own module
+and carries its own behaviour (``transforms``; ``inferers``: scanning window, whole volume,
+classifier, over ``windows`` and ``backends``; ``writers``: label volume, classification result).
+Long work reports progress and honours a :class:`~clara_napari.core.progress.CancelToken`.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from .backends.base import ModelHandle, check_input_shape, fixed_window
-from .components import ClassificationResult, ClassificationWriter, SimpleInferer, Writer
+from .backends.base import ModelHandle
 from .config import InferenceConfig
 from .errors import Cancelled, ConfigError, ImplausibleError
 from .expectations import check_input, check_output, label_volumes_ml
 from .geometry import Grid, onto_grid
+from .inferers import InferenceRun
 from .progress import CancelToken, Progress
-from .resources import check_inference
 from .transforms import FieldMeta, Sample
 from .transforms.spatial import LoadNifti
 from .volume import Volume, check_voxels
-from .windows import sliding_window
+from .writers import ClassificationResult, Writer
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +102,9 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
         image = image[None]
     lap("pre_transforms")
 
-    # 2. windows → predictor → stitching
+    # 2. the inferer: windows → predictor → stitching (or one whole-volume request, or class scores)
     stage("inference")
-    prediction = _infer(image, config, model, progress, cancel)
+    prediction = config.inferer.infer(image, model, InferenceRun.of(config), progress=progress, cancel=cancel)
     sample.put(config.output_field, prediction, sample.meta["image"].copy(is_label=False))  # scores: [C] for classifiers
     scores = _scores_volume(prediction, sample.meta["image"], volume) if probabilities and prediction.ndim == 4 else None
     lap("inference")
@@ -116,13 +115,13 @@ def segment_volume(volume: Volume, config: InferenceConfig, model: ModelHandle, 
         transform(sample)
     lap("post_transforms")
 
-    # 4. writers' fields, back on the input's grid with the input's geometry, bit for bit
-    outputs = [(writer, _to_scores(sample, writer, config) if isinstance(writer, ClassificationWriter)
-                 else _to_volume(sample, writer, volume)) for writer in config.writers]
+    # 4. writers' outputs: volumes back on the input's grid with the input's geometry, bit for bit; class scores
+    label_table = config.label_table()
+    outputs = [(writer, writer.output(sample, volume, label_table)) for writer in config.writers]
     lap("restore_geometry")
     labels = next((value for _, value in outputs if isinstance(value, Volume)), None)
-    volumes_ml = label_volumes_ml(labels, config.label_names()) if labels is not None else {}
-    findings += check_output(volumes_ml, config.label_names(), config.expectations)
+    volumes_ml = label_volumes_ml(labels, label_table.names()) if labels is not None else {}
+    findings += check_output(volumes_ml, label_table.names(), config.expectations)
     _refuse(findings, volume, strict)
     return Segmentation(source=volume, outputs=outputs, timings=timings, model=model.spec.name,
                         backend=model.description, warnings=findings, volumes_ml=volumes_ml, probabilities=scores)
@@ -147,93 +146,3 @@ def _scores_volume(prediction: np.ndarray, meta: FieldMeta, source: Volume) -> V
     if tuple(array.shape[1:]) != target.size:
         raise ConfigError("the model output could not be brought back to the input grid for its probabilities.")
     return source.with_array(np.ascontiguousarray(array[0].transpose(2, 1, 0), dtype=np.float32), path=None)
-
-
-def _infer(image: np.ndarray, config: InferenceConfig, model: ModelHandle, progress: Progress | None,
-           cancel: CancelToken | None) -> np.ndarray:
-    inferer = config.inferer
-    tensor = model.input
-    batch_size = inferer.batch_size or config.batch_size
-    limit = getattr(model, "max_batch_size", 0) or 0
-    if config.model_override and 0 < limit < batch_size:
-        # the config's batch was sized for its own model; the model given with --model takes fewer
-        log.warning("%s: the model %r takes batches of %d at most; using %d instead of %d.", config.file.name,
-                    model.spec.name, limit, limit, batch_size)
-        batch_size = limit
-    if is_classifier(config, model):
-        return _classify(image, config, model, cancel)
-    if config.scanning:
-        roi = inferer.roi_size or fixed_window(model.spec, tensor)
-        fixed = fixed_window(model.spec, tensor)
-        if config.model_override and fixed is not None and inferer.roi_size and list(fixed) != list(inferer.roi_size):
-            # the config's window was sized for its own model; a model given with --model that takes one
-            # window size only gets it (as Clara Deploy's operator, which never passed roi_size on)
-            log.warning("%s: the model %r takes windows of %s only; using them instead of the inferer's roi_size %s.",
-                        config.file.name, model.spec.name, list(fixed), list(inferer.roi_size))
-            roi = fixed
-        if roi is None:
-            raise ConfigError(f"{config.file}: inferer.args.roi_size: the model {model.spec.name!r} has no fixed "
-                              f"window size (dims {list(tensor.dims)}); set roi_size [x, y, z].")
-        check_input_shape(model.spec, tensor, (image.shape[0], *roi), model.spec.name)
-        # a fleet of servers keeps each endpoint's requests in flight at once
-        in_flight = getattr(model, "requests_in_flight", None) or inferer.requests_in_flight
-        out_dims = list(model.output.dims)
-        check_inference(config.file or model.spec.name, image.shape[1:], roi, inferer.overlap,
-                        in_channels=image.shape[0], out_channels=out_dims[0] if len(out_dims) == 4 and out_dims[0] > 0
-                        else None, batch_size=batch_size, in_flight=in_flight,
-                        input_bytes=image.nbytes)
-        return sliding_window(image, model, roi, overlap=inferer.overlap, blending=inferer.blending,
-                              batch_size=batch_size, in_flight=in_flight,
-                              pad_value=inferer.pad_value, progress=progress, cancel=cancel,
-                              mirror_axes=inferer.mirror_axes)
-    multiple = inferer.pad_to_multiple if isinstance(inferer, SimpleInferer) else 1
-    roi = [int(np.ceil(s / multiple) * multiple) for s in image.shape[1:]]
-    check_input_shape(model.spec, tensor, (image.shape[0], *roi), model.spec.name)
-    # one window of the whole (padded) volume: the engine pads, predicts once and crops
-    return sliding_window(image, model, roi, overlap=0.0, blending="constant", batch_size=1,
-                          pad_value=inferer.pad_value, progress=progress, cancel=cancel,
-                          mirror_axes=inferer.mirror_axes)
-
-
-def is_classifier(config: InferenceConfig, model: ModelHandle) -> bool:
-    """A model whose output has no spatial axes (class scores), or an app that says so."""
-    return config.inferer.output_type == "CLASSIFICATION" or len(model.output.dims) == 1
-
-
-def _classify(image: np.ndarray, config: InferenceConfig, model: ModelHandle, cancel: CancelToken | None) -> np.ndarray:
-    """One request with the whole volume (padded to ``pad_to_multiple``); returns the class scores."""
-    multiple = config.inferer.pad_to_multiple if isinstance(config.inferer, SimpleInferer) else 1
-    pad = [(0, 0)] + [(0, int(np.ceil(s / multiple) * multiple) - s) for s in image.shape[1:]]
-    if any(after for _, after in pad):
-        image = np.pad(image, pad, constant_values=config.inferer.pad_value)
-    check_input_shape(model.spec, model.input, image.shape, model.spec.name)
-    if cancel is not None and cancel.cancelled:
-        raise Cancelled("the inference was cancelled.")
-    scores = np.asarray(model.predict(image[None]))
-    if scores.ndim != 2 or scores.shape[0] != 1:
-        raise ConfigError(f"the classification model {model.spec.name!r} returned shape {list(scores.shape)}, "
-                          "expected [1, classes].")
-    return scores[0].astype(np.float32)
-
-
-def _to_scores(sample: Sample, writer: ClassificationWriter, config: InferenceConfig) -> ClassificationResult:
-    scores = np.asarray(sample.array(writer.field, f"writer for {writer.field!r}"), dtype=np.float64).ravel()
-    # the app's labels name classes by value; class i is label value i (0 = the first class)
-    names = {value: name for value, name in config.label_names().items()}
-    return writer.result(scores, names)
-
-
-def _to_volume(sample: Sample, writer: Writer, source: Volume) -> Volume:
-    array = sample.array(writer.field, f"writer for {writer.field!r}")
-    meta: FieldMeta = sample.meta[writer.field]
-    if array.ndim == 4:
-        if array.shape[0] != 1:
-            raise ConfigError(f"writers: field {writer.field!r} has {array.shape[0]} channels; reduce it to one "
-                              "(e.g. ArgmaxAcrossChannels) before writing.")
-        array = array[0]
-    target = Grid.of(source)
-    array = onto_grid(array, meta.grid, target, is_label=writer.is_label or meta.is_label)
-    if tuple(array.shape) != target.size:
-        raise ConfigError(f"writers: field {writer.field!r} could not be brought back to the input grid.")
-    return source.with_array(np.ascontiguousarray(array.transpose(2, 1, 0).astype(writer.dtype)),
-                             path=Path(source.path) if source.path else None)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .atomic import Transaction
 from .errors import VolumeError
+from .label_table import LabelTable
 from .volume import safe_stem, volume_stem, write_volume
 
 if TYPE_CHECKING:
@@ -23,13 +24,17 @@ if TYPE_CHECKING:
 META_FORMATS = ("meta", "data")
 
 
-def _rgb(color: str) -> dict[str, float]:
-    value = color.lstrip("#")
-    r, g, b = (int(value[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+def _rgb(rgb: tuple[float, float, float]) -> dict[str, float]:
+    r, g, b = rgb
     return {"x": round(r, 4), "y": round(g, 4), "z": round(b, 4)}
 
 
-def _component(regions: list[int], color: str, opacity: float, density: tuple[float, float]) -> dict:
+#: region 0 (unlabelled tissue), shown faintly in grey
+_TISSUE_RGB = (0xb3 / 255.0, 0xb3 / 255.0, 0xb3 / 255.0)
+
+
+def _component(regions: list[int], color: tuple[float, float, float], opacity: float,
+               density: tuple[float, float]) -> dict:
     rgb = _rgb(color)
     return {
         "activeRegions": regions,
@@ -45,14 +50,13 @@ def _component(regions: list[int], color: str, opacity: float, density: tuple[fl
     }
 
 
-def generated_render_config(labels: dict[int, tuple[str, str]]) -> dict:
+def generated_render_config(labels: LabelTable) -> dict:
     """Render settings in the Clara Deploy form, one transfer-function component per label.
 
-    ``labels`` maps label value → (name, ``#rrggbb``). Region 0 (unlabelled tissue) is shown faintly
-    in grey so the labels keep their anatomical context.
+    Region 0 (unlabelled tissue) is shown faintly in grey so the labels keep their anatomical context.
     """
-    components = [_component([0], "#b3b3b3", 0.05, (0.3, 1.0))]
-    components += [_component([value], color, 0.8, (0.0, 1.0)) for value, (_, color) in sorted(labels.items())]
+    components = [_component([0], _TISSUE_RGB, 0.05, (0.3, 1.0))]
+    components += [_component([label.value], label.rgb, 0.8, (0.0, 1.0)) for label in labels]
     return {
         "BackgroundLight": {"intensity": 0.5, "topColor": {"x": 0.4, "y": 0.4, "z": 0.4},
                             "horizonColor": {"x": 0.2, "y": 0.2, "z": 0.2}, "bottomColor": {"x": 0.1, "y": 0.1, "z": 0.1},
@@ -74,28 +78,23 @@ def generated_render_config(labels: dict[int, tuple[str, str]]) -> dict:
 
 
 def config_meta(name: str, density: str, masks: list[str], fmt: str = "meta",
-                labels: dict[int, tuple[str, str]] | None = None) -> dict:
+                labels: LabelTable | None = None) -> dict:
     """The bundle's ``config.meta``; ``labels`` (value → name, colour) is our addition for viewers
     that show label names (Render Servers ignore keys they do not know)."""
     if fmt == "data":
-        meta = {"data": [{"file": density, "order": "DXYZ"}] + [{"file": m, "order": "MXYZ"} for m in masks],
+        meta: dict[str, Any] = {"data": [{"file": density, "order": "DXYZ"}] + [{"file": m, "order": "MXYZ"} for m in masks],
                 "name": name, "settings": "config_render.json"}
     else:
         meta = {"density": density, "name": name, "seg_masks": masks, "settings": "config_render.json"}
     if labels:
-        meta["labels"] = {str(v): {"name": n, "color": c} for v, (n, c) in sorted(labels.items())}
+        meta["labels"] = labels.meta()
     return meta
 
 
-def app_labels(app: "App") -> dict[int, tuple[str, str]]:
-    config = app.config
-    return {v: (config.label_names()[v], config.label_colors()[v]) for v in config.labels}
-
-
-def render_config_text(app: "App") -> str:
+def render_config_text(app: App | None, labels: LabelTable | None = None) -> str:
     """The app's ``config_render.json`` (a JSON object from inside the app folder, copied as it is),
-    else one generated from the labels. It is only ever copied, never interpreted."""
-    if app.render_config_path is not None:
+    else one generated from ``labels`` (default: the app's). It is only ever copied, never interpreted."""
+    if app is not None and app.render_config_path is not None:
         from .apps import check_inside_app
         from .errors import ConfigError
 
@@ -115,7 +114,9 @@ def render_config_text(app: "App") -> str:
         except RecursionError:
             raise ConfigError("the JSON is nested too deeply.", file=file) from None
         return text
-    labels = app_labels(app) or {1: ("label 1", "#e6194b")}
+    if labels is None:
+        labels = app.config.label_table() if app is not None else LabelTable()
+    labels = labels or LabelTable.numbered([1])
     return json.dumps(generated_render_config(labels), indent=4) + "\n"
 
 
@@ -124,10 +125,13 @@ def bundle_names(stem: str) -> list[str]:
     return [f"{stem}.raw", f"{stem}.out.raw", f"{stem}.mhd", f"{stem}.out.mhd", "config_render.json", "config.meta"]
 
 
-def write_publish_bundle(folder: str | Path, segmentation: "Segmentation", app: "App", *, fmt: str = "meta",
+def write_publish_bundle(folder: str | Path, segmentation: Segmentation, app: App | None, *, fmt: str = "meta",
                          overwrite: bool = False, name: str | None = None,
-                         transaction: Transaction | None = None) -> list[Path]:
+                         transaction: Transaction | None = None, labels: LabelTable | None = None) -> list[Path]:
     """Write the bundle of one volume into ``folder``; returns the paths written (meta last).
+
+    ``labels`` default to the app's; a label map without an app (napari) passes its own (the render
+    settings are then generated from them).
 
     With ``transaction`` the files are only staged in it (the caller commits them together with
     the volume's other outputs) and the paths they will have are returned.
@@ -144,15 +148,18 @@ def write_publish_bundle(folder: str | Path, segmentation: "Segmentation", app: 
                 raise VolumeError(f"{existing}: exists already in the publish folder (use --overwrite to replace it).")
     forbid = [segmentation.source.path] if segmentation.source.path else []
     own = transaction is None
-    txn = Transaction(overwrite=overwrite) if own else transaction
+    txn = transaction if transaction is not None else Transaction(overwrite=overwrite)
     txn.forbid |= {Path(p).resolve() for p in forbid}
     try:
         write_volume(segmentation.source.with_array(segmentation.source.array, path=None), txn.path(folder / density),
                      forbid=forbid)
         write_volume(segmentation.labels.with_array(segmentation.labels.array, path=None), txn.path(folder / mask),
                      forbid=forbid)
-        txn.path(folder / "config_render.json").write_text(render_config_text(app), encoding="utf-8")
-        meta = config_meta(segmentation.model or app.config.model_name, density, [mask], fmt, app_labels(app))
+        if labels is None:
+            labels = app.config.label_table() if app is not None else LabelTable()
+        txn.path(folder / "config_render.json").write_text(render_config_text(app, labels), encoding="utf-8")
+        model = segmentation.model or (app.config.model_name if app is not None else "")
+        meta = config_meta(model, density, [mask], fmt, labels)
         txn.path(folder / "config.meta").write_text(json.dumps(meta, indent=4, sort_keys=True) + "\n",
                                                     encoding="utf-8")
         if own:

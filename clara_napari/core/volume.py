@@ -5,23 +5,38 @@ and napari use — and the geometry in SimpleITK's (x, y, z) conventions: ``spac
 ``origin`` are 3-tuples, ``direction`` the 3x3 direction cosines flattened row by row.
 Geometry is carried as the exact Python floats SimpleITK gave, so it survives every
 read/write bit for bit (MetaImage headers are written with 17 significant digits).
+What a file's header declares is checked before any voxel is read (:mod:`.volume_headers`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from .atomic import commit, staging_dir
 from .errors import VolumeError
-from .input_files import (check_data_sizes, check_input_path, check_series_files, input_folder, metaimage_data_files,
-                          nrrd_data_files, split_total)
+from .input_files import (
+    check_data_sizes,
+    check_input_path,
+    check_series_files,
+    input_folder,
+    nrrd_data_files,
+    split_total,
+)
 from .nifti_data import check_nifti
 from .resources import VolumeHeader
+from .volume_headers import (
+    check_gzip,
+    check_information,
+    check_inline_data,
+    check_metaimage_header,
+    itk_reason,
+    printable,
+)
 
 #: File name endings read as one volume each (longest first so ``.nii.gz`` wins over ``.gz``).
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
@@ -30,16 +45,6 @@ WRITE_SUFFIXES = (".mhd", ".mha", ".nii.gz", ".nii", ".nrrd")
 #: The one SimpleITK reader each file ending is read with (never guessed from the content).
 IMAGE_IO = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".mhd": "MetaImageIO", ".mha": "MetaImageIO",
             ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO"}
-#: Refuse volumes larger than this many bytes before reading their voxels.
-MAX_VOXEL_BYTES = 16 * 1024**3
-
-_MET_BYTES = {
-    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-    "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
-    "MET_DOUBLE": 8,
-}
-
-
 @dataclasses.dataclass(eq=False)
 class Volume:
     """Voxels in (z, y, x) order plus SimpleITK (x, y, z) geometry."""
@@ -83,11 +88,11 @@ class Volume:
     def geometry(self) -> dict[str, tuple[float, ...]]:
         return {"spacing": self.spacing, "origin": self.origin, "direction": self.direction}
 
-    def same_grid(self, other: "Volume") -> bool:
+    def same_grid(self, other: Volume) -> bool:
         """Same size, spacing, origin and direction, exactly."""
         return self.size == other.size and self.geometry() == other.geometry()
 
-    def with_array(self, array: np.ndarray, **changes: Any) -> "Volume":
+    def with_array(self, array: np.ndarray, **changes: Any) -> Volume:
         """A new volume with this one's geometry (and path/metadata) and another array."""
         return dataclasses.replace(self, array=array, metadata=dict(self.metadata), **changes)
 
@@ -112,7 +117,7 @@ class Volume:
         return image
 
     @classmethod
-    def from_sitk(cls, image, path: Path | None = None, metadata: dict[str, str] | None = None) -> "Volume":
+    def from_sitk(cls, image, path: Path | None = None, metadata: dict[str, str] | None = None) -> Volume:
         import SimpleITK as sitk
 
         return cls(
@@ -177,7 +182,7 @@ def read_volume(path: str | Path, *, allow_channels: bool = False,
     except PermissionError:
         raise VolumeError(f"{path}: permission denied.") from None
     if path.suffix.lower() in (".mhd", ".mha"):
-        _check_metaimage_header(path)
+        check_metaimage_header(path)
     detached = nrrd_data_files(path) if path.suffix.lower() in (".nrrd", ".nhdr") else None
     reader = sitk.ImageFileReader()
     reader.SetImageIO(next(io for suffix, io in IMAGE_IO.items() if path.name.lower().endswith(suffix)))
@@ -185,10 +190,10 @@ def read_volume(path: str | Path, *, allow_channels: bool = False,
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise VolumeError(f"{path}: cannot read the header ({_itk_reason(exc)}).") from None
-    total = _check_information(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(),
+        raise VolumeError(f"{path}: cannot read the header ({itk_reason(exc)}).") from None
+    total = check_information(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(),
                                reader.GetPixelID(), allow_channels)
-    _check_inline_data(path, total)
+    check_inline_data(path, total)
     if detached:
         check_data_sizes(path, split_total(path, detached, total))
     if before_voxels is not None:
@@ -198,12 +203,12 @@ def read_volume(path: str | Path, *, allow_channels: bool = False,
     if path.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti(path)   # stored bytes: ITK turns NaN into 0 and ignores non-finite scaling
     elif path.name.lower().endswith(".gz"):
-        _check_gzip(path, total)
+        check_gzip(path, total)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise VolumeError(f"{path}: cannot read the voxels ({_itk_reason(exc)}).") from None
-    metadata = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if _printable(image.GetMetaData(k))}
+        raise VolumeError(f"{path}: cannot read the voxels ({itk_reason(exc)}).") from None
+    metadata = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if printable(image.GetMetaData(k))}
     return _finish(Volume.from_sitk(image, path, metadata))
 
 
@@ -213,7 +218,7 @@ def _read_dicom_series(folder: Path, *, allow_channels: bool) -> Volume:
     try:
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
-        raise VolumeError(f"{folder}: cannot scan the folder for DICOM files ({_itk_reason(exc)}).") from None
+        raise VolumeError(f"{folder}: cannot scan the folder for DICOM files ({itk_reason(exc)}).") from None
     if not series:
         raise VolumeError(f"{folder}: the folder holds no DICOM series.")
     if len(series) > 1:
@@ -228,83 +233,14 @@ def _read_dicom_series(folder: Path, *, allow_channels: bool) -> Volume:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise VolumeError(f"{folder}: cannot read the DICOM series ({_itk_reason(exc)}).") from None
-    _check_information(folder, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(),
+        raise VolumeError(f"{folder}: cannot read the DICOM series ({itk_reason(exc)}).") from None
+    check_information(folder, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(),
                        image.GetPixelID(), allow_channels)
     metadata = {}
     if reader.GetMetaDataKeys(0):
-        metadata = {k: reader.GetMetaData(0, k) for k in reader.GetMetaDataKeys(0) if _printable(reader.GetMetaData(0, k))}
+        metadata = {k: reader.GetMetaData(0, k) for k in reader.GetMetaDataKeys(0) if printable(reader.GetMetaData(0, k))}
     metadata["dicom_series_uid"] = series[0]
     return _finish(Volume.from_sitk(image, folder, metadata))
-
-
-def _check_information(path: Path, dimension: int, size: Iterable[int], components: int, pixel_id: int,
-                       allow_channels: bool) -> int:
-    """Refuse what the header says before any voxel is read; returns the declared voxel bytes."""
-    import SimpleITK as sitk
-
-    size = tuple(size)
-    if dimension < 3 or (dimension == 3 and min(size) <= 1):
-        raise VolumeError(f"{path}: the image is 2D (size {'x'.join(map(str, size))}); a 3D volume is needed.")
-    if dimension > 3:
-        raise VolumeError(f"{path}: the image is {dimension}D (size {'x'.join(map(str, size))}); a 3D volume is needed.")
-    if components > 1 and not allow_channels:
-        raise VolumeError(f"{path}: the voxels have {components} components; a single-channel volume is needed.")
-    item = sitk.Image([1, 1], pixel_id).GetSizeOfPixelComponent()
-    total = math.prod(size) * max(components, 1) * item
-    if total > MAX_VOXEL_BYTES:
-        raise VolumeError(f"{path}: the header declares {total / 1024**3:.1f} GiB of voxels, more than the "
-                          f"{MAX_VOXEL_BYTES / 1024**3:.0f} GiB this tool reads.")
-    available = _available_memory()
-    if available is not None and total > 0.8 * available:
-        raise VolumeError(f"{path}: the header declares {total / 1024**3:.1f} GiB of voxels; only "
-                          f"{available / 1024**3:.1f} GiB of memory is available.")
-    return total
-
-
-def _available_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _check_inline_data(path: Path, declared: int) -> None:
-    """An uncompressed single-file volume shorter than its declared voxels is truncated (or lies)."""
-    name = path.name.lower()
-    if name.endswith(".nii"):
-        compressed = False
-    elif name.endswith(".nrrd"):
-        head = path.read_bytes()[:8192].lower()
-        compressed = b"encoding: raw" not in head or b"data file:" in head or b"datafile:" in head
-    elif name.endswith(".mha"):
-        head = _mha_header_bytes(path).lower()
-        compressed = b"compresseddata = true" in head or b"elementdatafile = local" not in head
-    else:
-        compressed = True
-    if not compressed and path.stat().st_size < declared:
-        raise VolumeError(f"{path}: the file holds {path.stat().st_size} bytes, fewer than the {declared} bytes of "
-                          "voxels its header declares; it is truncated.")
-
-
-def _check_gzip(path: Path, declared: int) -> None:
-    """ITK reads a truncated or corrupt gzip stream without complaint (and zero-fills); check it whole."""
-    import gzip
-    import zlib
-
-    size = 0
-    try:
-        with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(8 << 20):
-                size += len(chunk)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise VolumeError(f"{path}: the gzip data is corrupt or truncated ({exc}).") from None
-    if size < declared:
-        raise VolumeError(f"{path}: the decompressed data hold {size} bytes, fewer than the {declared} bytes of voxels "
-                          "the header declares; it is truncated.")
 
 
 def _finish(volume: Volume) -> Volume:
@@ -313,64 +249,6 @@ def _finish(volume: Volume) -> Volume:
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         raise VolumeError(f"{volume.path}: {bad} voxels are not finite (NaN or infinite).")
     return volume
-
-
-def _check_metaimage_header(path: Path) -> None:
-    """Refuse lying or hostile MetaImage headers before SimpleITK allocates anything."""
-    try:
-        raw = path.read_bytes()[: 64 * 1024] if path.suffix.lower() == ".mhd" else _mha_header_bytes(path)
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise VolumeError(f"{path}: not a MetaImage header (it is not text).") from None
-    fields = {}
-    for line in text.splitlines():
-        if "=" in line:
-            key, _, value = line.partition("=")
-            fields[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile":
-                break
-    if "DimSize" not in fields or "ElementType" not in fields or "ElementDataFile" not in fields:
-        raise VolumeError(f"{path}: not a MetaImage header (DimSize, ElementType or ElementDataFile missing).")
-    try:
-        dims = [int(v) for v in fields["DimSize"].split()]
-    except ValueError:
-        raise VolumeError(f"{path}: DimSize '{fields['DimSize']}' is not a list of whole numbers.") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise VolumeError(f"{path}: DimSize '{fields['DimSize']}' must list positive sizes.")
-    element = fields["ElementType"]
-    if element not in _MET_BYTES:
-        raise VolumeError(f"{path}: unknown ElementType '{element}'.")
-    channels = int(fields.get("ElementNumberOfChannels", "1") or 1)
-    expected = math.prod(dims) * _MET_BYTES[element] * channels
-    if expected > MAX_VOXEL_BYTES:
-        raise VolumeError(f"{path}: the header declares {expected / 1024**3:.1f} GiB of voxels, more than the "
-                          f"{MAX_VOXEL_BYTES / 1024**3:.0f} GiB this tool reads.")
-    check_data_sizes(path, metaimage_data_files(path, fields, dims, _MET_BYTES[element] * channels))
-
-
-def _mha_header_bytes(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        head = fh.read(64 * 1024)
-    end = head.find(b"ElementDataFile")
-    if end < 0:
-        return head[:4096]
-    stop = head.find(b"\n", end)
-    return head[: stop if stop >= 0 else len(head)]
-
-
-def _itk_reason(exc: BaseException) -> str:
-    """The useful last line of an ITK exception, without the C++ file and line noise."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if line.lower().startswith("description:"):
-            return line.split(":", 1)[1].strip()
-    text = lines[-1] if lines else type(exc).__name__
-    text = re.sub(r"^.*?\.(cxx|h|hxx|cpp):\d+:\s*", "", text)
-    return text[:200]
-
-
-def _printable(value: str) -> bool:
-    return len(value) < 4096 and value.isprintable()
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -406,7 +284,7 @@ def write_volume(volume: Volume, path: str | Path, *, compress: bool = False, ov
             sitk.WriteImage(volume.to_sitk(), str(staging / path.name), compress)
             return commit(staging, path.parent, names, overwrite=overwrite)[-1]
     except RuntimeError as exc:
-        raise VolumeError(f"{path}: cannot write ({_itk_reason(exc)}).") from None
+        raise VolumeError(f"{path}: cannot write ({itk_reason(exc)}).") from None
     except OSError as exc:
         raise VolumeError(f"{path}: cannot write ({exc.strerror or exc}).") from None
 
@@ -420,9 +298,7 @@ def find_volumes(folder: str | Path) -> list[Path]:
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        if is_volume_file(entry):
-            found.append(entry)
-        elif entry.is_dir() and looks_like_dicom_folder(entry):
+        if is_volume_file(entry) or entry.is_dir() and looks_like_dicom_folder(entry):
             found.append(entry)
     return found
 

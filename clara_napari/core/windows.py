@@ -13,7 +13,7 @@ import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Protocol, Sequence
+from typing import Iterator, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -337,16 +337,3 @@ def _normalise(output: np.ndarray, plan: WindowPlan, weights: np.ndarray | None)
                                                                 weights[lo - first.start:hi - first.start])
         np.divide(output[:, a:b], slab, out=output[:, a:b])
 
-
-PredictFn = Callable[[np.ndarray], np.ndarray]
-
-
-class FunctionPredictor:
-    """Wrap a plain function as a :class:`Predictor` (tests, notebooks)."""
-
-    def __init__(self, fn: PredictFn, max_batch_size: int = 64) -> None:
-        self.fn = fn
-        self.max_batch_size = max_batch_size
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.fn(batch)

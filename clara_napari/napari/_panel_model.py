@@ -243,16 +243,6 @@ def layer_attributes(layer: Any) -> dict[str, Any]:
             "affine": layer.affine.affine_matrix, "metadata": layer.metadata, "name": layer.name}
 
 
-def label_color_table(colors: Mapping[int, str]) -> dict[int | None, np.ndarray]:
-    """RGBA per label value (``#rrggbb`` colours; 0 transparent, unlisted values white), for a napari
-    ``DirectLabelColormap``."""
-    table: dict[int | None, np.ndarray] = {0: np.zeros(4), None: np.array([1.0, 1.0, 1.0, 1.0])}
-    for value, color in colors.items():
-        rgb = [int(color.lstrip("#")[i:i + 2], 16) / 255.0 for i in (0, 2, 4)]
-        table[int(value)] = np.array([*rgb, 1.0])
-    return table
-
-
 @dataclass(frozen=True)
 class SourceLayer:
     """What a result needs from its image layer, read on the GUI thread when the run starts."""
@@ -269,7 +259,7 @@ class SourceLayer:
 @dataclass
 class LayerSpec:
     """A layer as plain data: ``data`` and the keywords of napari's layer class (``colormap`` apart:
-    for labels a value → ``#rrggbb`` table, for an image a colormap name)."""
+    for labels the app's :class:`~clara_napari.core.label_table.LabelTable`, for an image a colormap name)."""
 
     data: Any
     kwargs: dict[str, Any]
@@ -308,19 +298,20 @@ def prepare_result(segmentation: Segmentation, source: SourceLayer, app: App, *,
     """The labels (and probabilities) layers of a run as plain data, with their measurements (Dice
     against ``reference`` when it is on the result's grid); with ``previous`` (the last result's data,
     re-run: replace), the voxels that change instead of a new layer. Runs in the worker thread."""
-    names, colors = app.config.label_names(), app.config.label_colors()
+    table = app.config.label_table()
+    names = table.names()
     base_name = name or result_name(source.name, app.name)
     labels_volume = segmentation.labels
     extra = {"app": str(app.config_path), "model": segmentation.model, "source_layer": source.name,
-             "labels": {str(v): [names[v], colors[v]] for v in names}}
+             "labels": table.record()}
     data, kwargs = _layer_data(source, labels_volume, base_name, "labels", extra)
-    values = sorted(names)
-    kwargs["features"] = {"index": np.array([0, *values]), "name": ["background"] + [names[v] for v in values]}
+    features = table.features()
+    kwargs["features"] = {"index": np.array(features["index"]), "name": features["name"]}
     try:
         rows = measure(data, labels_volume.spacing, names, reference, reference_name)
     except ClaraNapariError:      # a reference on another grid: measured without Dice
         rows = measure(data, labels_volume.spacing, names)
-    result = PreparedResult(labels=LayerSpec(data, kwargs, colors), measurements=rows,
+    result = PreparedResult(labels=LayerSpec(data, kwargs, table), measurements=rows,
                             voxels=int(np.count_nonzero(labels_volume.array)), ml=labels_volume.physical_volume_ml())
     if previous is not None:
         result.replace = replacement(np.asarray(previous), np.asarray(data))

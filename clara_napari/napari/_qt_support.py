@@ -1,25 +1,18 @@
 """Qt plumbing of the *Triton Inference* widget: slots that outlive their widget, worker-thread reports
-carried onto the GUI thread, the label colormap, and the first-use warm-up."""
+carried onto the GUI thread, and the first-use warm-up."""
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QObject, Signal
 
-from ._panel_model import label_color_table
 
 log = logging.getLogger(__name__)
-
-
-def label_colormap(colors: Mapping[int, str]) -> DirectLabelColormap:
-    """The app's label colours (value → ``#rrggbb``) as a napari colormap (0 transparent)."""
-    return DirectLabelColormap(color_dict=label_color_table(colors))
 
 
 def alive(method: Callable) -> Callable:

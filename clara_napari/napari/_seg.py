@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from ..core.dicom.seg import read_seg
+from ..core.label_table import LabelTable
 from ._geometry import volume_to_layer
+from ._labels import label_colormap
 
 
 def lab_to_hex(lab: tuple[int, int, int] | None) -> str:
@@ -27,19 +29,12 @@ def lab_to_hex(lab: tuple[int, int, int] | None) -> str:
 
 
 def seg_layer_data(path: str | Path) -> tuple[Any, dict[str, Any], str]:
-    from napari.utils.colormaps import DirectLabelColormap
-
     seg = read_seg(Path(path))
-    names = {s.number: s.label for s in seg.segments}
-    colors = {s.number: lab_to_hex(s.color_lab) for s in seg.segments}
-    extra = {"dicom_seg": str(path), "referenced_series": seg.referenced_series,
-             "labels": {str(n): [names[n], colors[n]] for n in names}}
+    table = LabelTable.from_pairs({s.number: (s.label, lab_to_hex(s.color_lab)) for s in seg.segments})
+    extra = {"dicom_seg": str(path), "referenced_series": seg.referenced_series, "labels": table.record()}
     data, kwargs = volume_to_layer(seg.labels, name=Path(path).name.removesuffix(".dcm"), kind="labels", **extra)
-    values = sorted(names)
-    kwargs["features"] = {"index": np.array([0] + values), "name": ["background"] + [names[v] for v in values]}
-    table: dict[int | None, Any] = {0: np.zeros(4), None: np.ones(4)}
-    for value, color in colors.items():
-        table[value] = np.array([int(color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)] + [1.0])
-    kwargs["colormap"] = DirectLabelColormap(color_dict=table)
+    features = table.features()
+    kwargs["features"] = {"index": np.array(features["index"]), "name": features["name"]}
+    kwargs["colormap"] = label_colormap(table)
     kwargs["opacity"] = 0.5
     return data, kwargs, "labels"

@@ -22,7 +22,6 @@ class ServerPool:
         self._servers: dict[Path, EmbeddedServer] = {}
         self._lock = threading.Lock()
         self._users: set[int] = set()
-        self.starts = 0          # how many servers this pool started (tests check reuse)
 
     def embedded(self, repository: Path) -> EmbeddedServer:
         """The running server for ``repository``, started now if needed (blocks: call it off the GUI thread)."""
@@ -36,7 +35,6 @@ class ServerPool:
                 server = EmbeddedServer(key)
                 server.start()
                 self._servers[key] = server
-                self.starts += 1
             return server
 
     def running(self) -> list[EmbeddedServer]:

@@ -29,6 +29,7 @@ from ..core.apps import App, list_apps
 from ..core.errors import ClaraNapariError
 from ..core.session import choose_server
 from ._panel import AUTO
+from ._labels import label_colormap
 from ._panel_model import (
     CONFIG_FILE,
     Overrides,
@@ -44,7 +45,6 @@ from ._qt_support import (
     WARM,
     Bridge,
     alive,
-    label_colormap,
     reporter,
     start_warm_up,
     warm_up,

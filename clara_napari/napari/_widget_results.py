@@ -28,7 +28,8 @@ from ._panel_model import (
     prepare_result,
     server_line,
 )
-from ._qt_support import alive, label_colormap
+from ._labels import label_colormap
+from ._qt_support import alive
 
 
 class ResultsMixin:

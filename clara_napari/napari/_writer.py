@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..core.components import VolumeWriter
-from ..core.config import _COLOURS
 from ..core.errors import ConfigError, VolumeError
+from ..core.label_table import LabelTable
 from ..core.pipeline import Segmentation
 from ..core.volume import Volume, write_volume
 from ._geometry import KEY, find_source_record, layer_to_volume, smallest_label_dtype
@@ -77,23 +76,13 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
 
 
 # -- the publish bundle ----------------------------------------------------------------------
-def _label_table(record: Mapping[str, Any], array: np.ndarray) -> dict[int, tuple[str, str]]:
-    """Label value → (name, colour): from the widget's record, else numbered names and the default palette."""
-    table: dict[int, tuple[str, str]] = {}
-    for key, value in (record.get("labels") or {}).items():
-        try:
-            table[int(key)] = (str(value[0]), str(value[1]))
-        except (TypeError, ValueError, IndexError):
-            continue
-    if not table:
-        for value in np.unique(array):
-            if value > 0:
-                table[int(value)] = (f"label {int(value)}", _COLOURS[(int(value) - 1) % len(_COLOURS)])
-    return table
+def _layer_labels(record: Mapping[str, Any], array: np.ndarray) -> LabelTable:
+    """The layer's labels: from the widget's record, else numbered names in the default palette."""
+    return LabelTable.from_record(record) or LabelTable.numbered(np.unique(array))
 
 
-def _layer_app(record: Mapping[str, Any], array: np.ndarray):
-    """The app that made the labels (its render settings), or a stand-in that generates them from the labels."""
+def _layer_app(record: Mapping[str, Any]):
+    """The app that made the labels (its render settings and labels), or None."""
     app_ref = record.get("app")
     if app_ref:
         from ..core.apps import resolve_app
@@ -101,12 +90,8 @@ def _layer_app(record: Mapping[str, Any], array: np.ndarray):
         try:
             return resolve_app(app_ref)
         except ConfigError:
-            pass
-    table = _label_table(record, array)
-    config = SimpleNamespace(labels=table, model_name=str(record.get("model") or "napari"),
-                             label_names=lambda: {v: n for v, (n, _) in table.items()},
-                             label_colors=lambda: {v: c for v, (_, c) in table.items()})
-    return SimpleNamespace(render_config_path=None, config=config)
+            return None
+    return None
 
 
 def write_bundle(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
@@ -126,8 +111,11 @@ def write_bundle(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str
     mask = mask.with_array(mask.array.astype(smallest_label_dtype(mask.array), copy=False), path=None)
     record = dict((label_attrs.get("metadata") or {}).get(KEY) or {})
     name = image.name if image.path is not None else str(image_attrs.get("name") or "volume")
-    segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), mask)], model=str(record.get("model") or ""))
+    app = _layer_app(record)
+    labels = app.config.label_table() if app is not None else _layer_labels(record, mask.array)
+    model = str(record.get("model") or ("" if app is not None else "napari"))
+    segmentation = Segmentation(source=image, outputs=[(VolumeWriter(), mask)], model=model)
     folder = Path(os.fspath(path))
     folder.mkdir(parents=True, exist_ok=True)
-    written = write_publish_bundle(folder, segmentation, _layer_app(record, mask.array), overwrite=True, name=name)
+    written = write_publish_bundle(folder, segmentation, app, overwrite=True, name=name, labels=labels)
     return [str(p) for p in written]

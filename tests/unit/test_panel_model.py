@@ -29,7 +29,6 @@ from clara_napari.napari._panel_model import (
     app_defaults,
     configured,
     error_message,
-    label_color_table,
     make_job,
     measure_layer,
     prepare_result,
@@ -185,11 +184,11 @@ def test_prepare_result_builds_the_layers_as_data(app):
     result = prepare_result(segmentation, source, app, name="t1 result", reference=reference,
                             reference_name="the reference layer 'gt'")
     spec = result.labels
-    assert spec.kwargs["name"] == "t1 result" and spec.colormap == app.config.label_colors()
+    assert spec.kwargs["name"] == "t1 result" and spec.colormap == app.config.label_table()
     record = spec.kwargs["metadata"][KEY]
     assert record["spacing"] == [0.5, 2.0, 1.5] and record["origin"] == [-10.25, 3.5, 7.125]
     assert record["model"] == "deepbet" and record["source_layer"] == "t1"
-    assert record["labels"] == {str(v): [n, app.config.label_colors()[v]] for v, n in app.config.label_names().items()}
+    assert record["labels"] == {str(v): [n, app.config.label_table().colors()[v]] for v, n in app.config.label_names().items()}
     assert list(spec.kwargs["features"]["name"]) == ["background", *app.config.label_names().values()]
     assert result.voxels == 27 and result.ml == pytest.approx(27 * 1.5 / 1000)
     assert [(m.value, m.voxels, m.dice) for m in result.measurements] == [(1, 27, 1.0)]
@@ -215,12 +214,6 @@ def test_a_layer_made_in_code_gets_the_source_transform(app):
                           source, app).labels
     assert spec.data is not None and np.array_equal(spec.kwargs["scale"], [2.0, 1.0, 1.0])
     assert np.array_equal(spec.kwargs["translate"], [1.0, 2.0, 3.0]) and spec.kwargs["name"].startswith("drawn ")
-
-
-def test_label_color_table():
-    table = label_color_table({1: "#ff8000", 2: "#0000ff"})
-    assert np.allclose(table[1], [1.0, 128 / 255, 0.0, 1.0]) and np.allclose(table[2], [0, 0, 1, 1])
-    assert np.array_equal(table[0], np.zeros(4)) and np.array_equal(table[None], np.ones(4))
 
 
 def test_measure_layer_sees_edits(app):

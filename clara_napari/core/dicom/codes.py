@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..label_table import LabelTable
 
 #: (value, scheme designator, meaning)
 Code = tuple[str, str, str]
@@ -48,14 +49,14 @@ class SegmentInfo:
     type: Code
 
 
-def segment_infos(names: dict[int, str], colors: dict[int, str], app_folder: Path | None = None,
-                  values=()) -> list[SegmentInfo]:
+def segment_infos(labels: LabelTable, app_folder: Path | None = None, values=()) -> list[SegmentInfo]:
     """One :class:`SegmentInfo` per app label (and per other value found in ``values``), by value."""
     custom = _load_custom(app_folder / SEG_CONFIG) if app_folder is not None and (app_folder / SEG_CONFIG).is_file() else {}
     infos = []
-    for value in sorted(set(names) | {int(v) for v in values if int(v) != 0}):
-        name = names.get(value) or f"label {value}"
-        color = colors.get(value) or "#ffffff"
+    for value in sorted(set(labels.values) | {int(v) for v in values if int(v) != 0}):
+        label = labels.get(value)
+        name = (label.name if label is not None else "") or f"label {value}"
+        color = label.color if label is not None else "#ffffff"
         category, kind = custom.get(value) or KNOWN.get(name.strip().lower(), (TISSUE, TISSUE))
         infos.append(SegmentInfo(value, name, color, category, kind))
     return infos

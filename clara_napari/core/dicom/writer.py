@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..components import WRITERS, Writer
+from ..writers import WRITERS, Writer
 from ..errors import DicomError
+from ..label_table import LabelTable
 from ..transforms.spatial import Dtype
 from ..volume import Volume
 from .codes import segment_infos
@@ -39,12 +40,11 @@ def write_app_seg(labels: Volume, app: "App | None", path: Path | str, *, model:
     """Write ``labels`` (read from a DICOM series) as ``path``, one segment per label of ``app``."""
     require_dicom_source(labels.path)
     config = app.config if app is not None else None
-    names = config.label_names() if config is not None else {}
-    colors = config.label_colors() if config is not None else {}
+    table = config.label_table() if config is not None else LabelTable()
     values = () if fractional else np.unique(labels.array)
-    if fractional and not names:
-        names = {1: "probability"}
-    infos = segment_infos(names, colors, app.folder if app is not None else None, values)
+    if fractional and not table:
+        table = LabelTable.from_pairs({1: ("probability", "#ffffff")})
+    infos = segment_infos(table, app.folder if app is not None else None, values)
     name = app.name if app is not None else "clara-napari"
     model = model or (config.model_name if config is not None else "")
     version = f"model {model}" + (f" v{config.inferer.model_version}" if config is not None and config.inferer.model_version else "")
