@@ -322,7 +322,8 @@ class TritonRunner(EngineRunner):
         self.protocol, self.shm, self.name = protocol, shm, name
 
     def predictor(self):
-        from .core.backends.triton import Address, TransportOptions, TritonModel
+        from .core.triton.address import Address, TransportOptions
+        from .core.triton.model import TritonModel
 
         if self.server is None:
             raise Skip("no server")
@@ -339,8 +340,10 @@ class JsonPredictor:
     """Windows sent as JSON numbers (``binary_data=False``), the output back as binary."""
 
     def __init__(self, host: str, port: int, model_name: str, in_flight: int = 2) -> None:
-        from .core.backends.client_threads import ClientThreads
-        from .core.backends.triton import Address, TransportOptions, TritonModel, _close_thread_client
+        from .core.triton.address import Address, TransportOptions
+        from .core.triton.client import close_thread_client
+        from .core.triton.model import TritonModel
+        from .core.triton.threads import ClientThreads
 
         probe = TritonModel(Address(host, port, "http"), model_name, options=TransportOptions(shared_memory=False))
         self.spec, self.input, self.output = probe.spec, probe.input, probe.output
@@ -351,7 +354,7 @@ class JsonPredictor:
         self._local = threading.local()
         # clients on long-lived threads, closed with their gevent hubs (as TritonModel does)
         self._workers = ClientThreads(in_flight, name="clara-bench-json",
-                                      on_exit=functools.partial(_close_thread_client, self._local))
+                                      on_exit=functools.partial(close_thread_client, self._local))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._workers.call(self._predict, batch)
@@ -367,7 +370,7 @@ class JsonPredictor:
         infer_input = thttp.InferInput(self.input.name, list(batch.shape), self.input.datatype)
         infer_input.set_data_from_numpy(batch, binary_data=False)
         requested = thttp.InferRequestedOutput(self.output.name, binary_data=True)
-        from .core.server import server_headers   # the embedded server's key (its APIs are restricted)
+        from .core.triton.keys import server_headers   # the embedded server's key (its APIs are restricted)
 
         headers = server_headers(self.host, self.port) or None
         return client.infer(self.model_name, [infer_input], outputs=[requested],
@@ -552,9 +555,9 @@ class ServerInfo:
 
 
 def server_pids(pid: int) -> list[int]:
-    from .core.server import _group_members
+    from .core.triton.processes import group_members
 
-    return _group_members(pid)
+    return group_members(pid)
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -585,10 +588,10 @@ class ServerMemory(threading.Thread):
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True, name="clara-bench-memory")
-        from .core.server import _stub_regions
+        from .core.triton.processes import stub_regions
 
         self.pids = server_pids(pid)
-        self.regions = [Path("/dev/shm") / name for name in _stub_regions(pid)]
+        self.regions = [Path("/dev/shm") / name for name in stub_regions(pid)]
         self.base = self.peak = self.sample()
         self._stop_event = threading.Event()
 
@@ -654,7 +657,7 @@ def _probe_main(spec_text: str) -> int:
     embedded = server = None
     try:
         if spec["variant"] in TRITON_VARIANTS:
-            from .core.server import EmbeddedServer
+            from .core.triton.embedded import EmbeddedServer
 
             embedded = EmbeddedServer(job.repository, threads=job.threads, runtime=job.runtime or None).start()
             server = ServerInfo(embedded.host, dict(embedded.ports), embedded.process.pid, embedded.version)
@@ -728,7 +731,7 @@ def machine_info(server: ServerInfo | None) -> dict:
 
 def run_benchmark(workload: Workload, *, variants: list[str], repeat: int, threads: int, memory: bool = True,
                   log: Callable[[str], None] = print, runtime: str = "") -> dict:
-    from .core.server import EmbeddedServer
+    from .core.triton.embedded import EmbeddedServer
 
     started = time.perf_counter()
     load_before = os.getloadavg()

@@ -303,7 +303,7 @@ def _stop_handler(cancel):
             return
         cancel.cancel()
         from .core.interrupts import request_stop
-        from .core.server import kill_on_stop
+        from .core.triton.embedded import kill_on_stop
 
         request_stop()
         kill_on_stop()
@@ -450,7 +450,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .core.apps import bundled_model_repository
     from .core.serve_policy import exposure_lines, serve_options
-    from .core.server import EmbeddedServer
+    from .core.triton.embedded import EmbeddedServer
 
     repository = Path(args.models) if args.models else bundled_model_repository()
     options = serve_options(args.host, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,

@@ -16,7 +16,7 @@ from clara_napari.core.apps import resolve_app  # noqa: E402
 from clara_napari.core.dask_runs import local_cluster, run_on_dask, study_key  # noqa: E402
 from clara_napari.core.errors import ConfigError  # noqa: E402
 from clara_napari.core.operator import RunOptions, run  # noqa: E402
-from clara_napari.core.server import SERVE_RESTRICTED, EmbeddedServer  # noqa: E402
+from clara_napari.core.triton.embedded import SERVE_RESTRICTED, EmbeddedServer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scale_models import write_latency_app, write_volumes  # noqa: E402

@@ -96,7 +96,7 @@ def _worker_model(job: StudyJob):
         config = job.app.config
         server = _machine_server(job) if job.server is None and job.embedded else job.server
         if job.server_key and isinstance(server, str):
-            from .server import share_server_key
+            from .triton.keys import share_server_key
 
             share_server_key(server, job.server_key)
         backend = open_backend(server, threads=job.threads, app=job.app, **job.server_options)
@@ -150,8 +150,9 @@ def _machine_server(job: StudyJob) -> str:
     import fcntl
     import urllib.request
 
-    from .backends.triton import parse_address
-    from .server import EmbeddedServer, share_server_key
+    from .triton.address import parse_address
+    from .triton.embedded import EmbeddedServer
+    from .triton.keys import share_server_key
 
     repository = job.app.model_repository
     base = machine_server_state(repository).with_suffix("")
@@ -290,7 +291,7 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
             cluster = stack.enter_context(local_cluster(workers))
             address = cluster.scheduler_address
             if _needs_embedded(options):   # this machine runs the workers: one server for all of them
-                from .server import EmbeddedServer
+                from .triton.embedded import EmbeddedServer
 
                 embedded = stack.enter_context(EmbeddedServer(options.app.model_repository, threads=options.threads))
                 grpc = (options.server_options.get("protocol") or options.app.config.inferer.protocol).lower() == "grpc"

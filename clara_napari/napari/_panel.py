@@ -72,7 +72,7 @@ def choose_server(text: str, protocol: str | None = None, inferer=None) -> Serve
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Fail at once when nothing listens at ``address`` (a refused connection needs no readiness wait)."""
-    from ..core.backends.triton import parse_address
+    from ..core.triton.address import parse_address
 
     parsed = parse_address(address)
     try:

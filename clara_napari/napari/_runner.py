@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.apps import App
-from ..core.backends.triton import (TransportOptions, TritonBackend, parse_address, repository_index, with_client,
-                                    wait_ready, with_server_key)
+from ..core.backends.triton import TritonBackend
+from ..core.triton.address import TransportOptions, parse_address
+from ..core.triton.client import repository_index, wait_ready, with_client, with_server_key
 from ..core.components import ScanWindowInferer
 from ..core.config import InferenceConfig
 from ..core.errors import Cancelled

@@ -10,7 +10,7 @@ import atexit
 import threading
 from pathlib import Path
 
-from ..core.server import EmbeddedServer
+from ..core.triton.embedded import EmbeddedServer
 
 
 class ServerPool:
