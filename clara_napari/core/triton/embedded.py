@@ -90,7 +90,6 @@ def _restricted_in(args: list[str]) -> set[str]:
     return groups
 
 
-
 class EmbeddedServer:
     """A ``tritonserver`` child process serving ``repository`` on loopback.
 
@@ -225,7 +224,7 @@ class EmbeddedServer:
                 env["PYTHONDONTWRITEBYTECODE"] = "1"   # no __pycache__ in a python-backend model's folder
                 with os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as log_file:
                     self.process = SPAWNER.popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                                                 stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
                 LIVE.add(self)
                 self._wait_ready()
             except BaseException:

@@ -107,7 +107,6 @@ def process_start_time(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]
 
 
-
 def scrub_argument(pid: int, secret: str) -> bool:
     """Overwrite ``secret`` in the command line of our child ``pid`` once it has parsed it.
 

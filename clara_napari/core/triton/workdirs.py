@@ -79,8 +79,6 @@ def remove_stale_workdirs(temp_root: str | Path | None = None, *, min_age_s: flo
     return removed
 
 
-
-
 def write_private(path: Path, text: str) -> None:
     """A new owner-only file (0600, never through an existing file or link)."""
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w", encoding="utf-8") as file:
