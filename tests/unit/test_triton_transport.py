@@ -354,7 +354,8 @@ def test_is_local():
     assert not parse_address("10.1.1.1").is_local
 
 
-def test_shared_keys_open_loopback_aliases_with_the_protocol_header():
+def test_shared_keys_open_loopback_aliases_with_the_protocol_header(monkeypatch):
+    from clara_napari.core.triton import keys
     from clara_napari.core.triton.keys import (
         GRPC_KEY_HEADER,
         KEY_HEADER,
@@ -362,6 +363,7 @@ def test_shared_keys_open_loopback_aliases_with_the_protocol_header():
         share_server_key,
     )
 
+    monkeypatch.setattr(keys, "_SHARED_KEYS", {})   # this process's other tests keep theirs
     share_server_key("grpc://127.0.0.1:47001", "k-grpc")
     share_server_key("http://localhost:47000", "k-http")
     assert server_headers("localhost", 47001) == {GRPC_KEY_HEADER: "k-grpc"}
