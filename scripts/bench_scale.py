@@ -25,8 +25,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from clara_napari.core.apps import resolve_app  # noqa: E402
 from clara_napari.core.backends.fleet import FleetModel  # noqa: E402
-from clara_napari.core.backends.triton import TritonModel, parse_address  # noqa: E402
-from clara_napari.core.server import EmbeddedServer  # noqa: E402
+from clara_napari.core.triton.address import parse_address  # noqa: E402
+from clara_napari.core.triton.embedded import EmbeddedServer  # noqa: E402
+from clara_napari.core.triton.model import TritonModel  # noqa: E402
 from clara_napari.core.windows import plan_windows, sliding_window  # noqa: E402
 from scale_models import MODEL, write_latency_app, write_latency_model, write_volumes  # noqa: E402
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clara_napari.core.server import python_paths
+from clara_napari.core.triton.locations import python_paths
 
 MODEL = "latency_sigmoid"
 

@@ -16,7 +16,7 @@ from clara_napari.core.apps import resolve_app  # noqa: E402
 from clara_napari.core.dask_runs import local_cluster, run_on_dask, study_key  # noqa: E402
 from clara_napari.core.errors import ConfigError  # noqa: E402
 from clara_napari.core.operator import RunOptions, run  # noqa: E402
-from clara_napari.core.server import SERVE_RESTRICTED, EmbeddedServer  # noqa: E402
+from clara_napari.core.triton.embedded import SERVE_RESTRICTED, EmbeddedServer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scale_models import write_latency_app, write_volumes  # noqa: E402
@@ -155,7 +155,7 @@ def test_existing_cluster_shares_one_embedded_server_per_machine(studies, serial
 
     from distributed import Client
 
-    from clara_napari.core.dask_runs import machine_server_state
+    from clara_napari.core.machine_server import machine_server_state
 
     app, inputs = studies
     monkeypatch.setenv("CLARA_NAPARI_TRUST_APP_CODE", "1")
@@ -174,7 +174,7 @@ def test_machine_server_state_is_private(studies, tmp_path, monkeypatch):
     """The folder holding the machine server's address must be this user's alone."""
     import tempfile
 
-    from clara_napari.core.dask_runs import machine_server_state
+    from clara_napari.core.machine_server import machine_server_state
     from clara_napari.core.errors import ServerError
 
     app, _ = studies

@@ -14,7 +14,9 @@ import clara_napari as cn
 from clara_napari.core.apps import DATA_ROOT
 from clara_napari.cli import main
 from clara_napari.core.errors import ServerError
-from clara_napari.core.server import EmbeddedServer, _group_members, free_port
+from clara_napari.core.triton.embedded import EmbeddedServer
+from clara_napari.core.triton.locations import free_port
+from clara_napari.core.triton.processes import group_members as _group_members
 from conftest import brain_app, t1_crop
 
 pytestmark = pytest.mark.triton

@@ -14,9 +14,10 @@ from clara_napari.cli import main
 from clara_napari.core.apps import resolve_app
 from clara_napari.core.session import choose_server, open_backend
 from clara_napari.core.backends.fleet import FleetBackend, FleetModel
-from clara_napari.core.backends.triton import TritonModel, parse_address
+from clara_napari.core.triton.address import parse_address
 from clara_napari.core.errors import ModelMismatchError, ServerError
-from clara_napari.core.server import EmbeddedServer
+from clara_napari.core.triton.embedded import EmbeddedServer
+from clara_napari.core.triton.model import TritonModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scale_models import MODEL, write_latency_app, write_latency_model, write_volumes  # noqa: E402
@@ -129,7 +130,7 @@ def test_endpoints_must_serve_the_same_model(tmp_path):
 
 
 def test_every_endpoint_down_fails_with_one_sentence(latency_app, tmp_path):
-    from clara_napari.core.server import free_port
+    from clara_napari.core.triton.locations import free_port
 
     app, volume_path = latency_app
     dead = [f"127.0.0.1:{free_port()}", f"grpc://127.0.0.1:{free_port()}"]

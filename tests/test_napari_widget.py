@@ -246,7 +246,7 @@ def test_auth_headers_and_a_server_that_comes_back(make_napari_viewer, qtbot, cr
     """A server with restricted APIs: refused without the header (a notification, no layer), accepted
     with it from the widget's headers field; after the server went away and came back on the same
     port, the next run works again."""
-    from clara_napari.core.server import EmbeddedServer
+    from clara_napari.core.triton.embedded import EmbeddedServer
 
     categories = "health,metadata,inference,shared-memory,model-config,model-repository,statistics"
     port = free_port()

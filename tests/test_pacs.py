@@ -23,7 +23,7 @@ import pytest
 
 from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.errors import PacsError
-from clara_napari.core.server import free_port
+from clara_napari.core.triton.locations import free_port
 from clara_napari.core.volume import read_volume
 from dicom_series import write_ct_series
 from test_security import TlsProxy, certs  # noqa: F401  (the CA, server and client certificates fixture)

@@ -273,8 +273,9 @@ def test_openvino_refuses_a_window_the_network_cannot_take():
 @pytest.mark.triton
 @pytest.mark.parametrize("runtime", [None, "onnxruntime"])
 def test_embedded_server_serves_every_format_with_the_runtime_layer(repository, batch, runtime):
-    from clara_napari.core.backends.triton import TransportOptions, TritonModel, parse_address
-    from clara_napari.core.server import EmbeddedServer
+    from clara_napari.core.triton.embedded import EmbeddedServer
+    from clara_napari.core.triton.address import TransportOptions, parse_address
+    from clara_napari.core.triton.model import TritonModel
 
     models = ["tiny_onnx", "tiny_openvino"] + (["tiny_torch"] if torch_installed() else [])
     expected = reference(batch)

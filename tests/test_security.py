@@ -16,7 +16,7 @@ import clara_napari as cn
 from clara_napari.core.apps import DATA_ROOT
 from clara_napari.cli import main
 from clara_napari.core.errors import ServerError
-from clara_napari.core.server import SERVE_RESTRICTED, EmbeddedServer
+from clara_napari.core.triton.embedded import SERVE_RESTRICTED, EmbeddedServer
 from conftest import brain_app, t1_crop
 
 pytestmark = pytest.mark.triton

@@ -440,7 +440,7 @@ def test_model_program_is_fixed_code_and_paths_are_data(tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from clara_napari.core.server import EmbeddedServer
+    from clara_napari.core.triton.embedded import EmbeddedServer
     from clara_napari.core.triton_model import MODEL_PROGRAM
 
     evil = tmp_path / 'x"""\nimport os; os.system("touch PWNED")\n"""\'\'\''

@@ -23,9 +23,10 @@ import pytest
 
 from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.apps import resolve_app
-from clara_napari.core.backends.triton import TransportOptions, TritonModel, parse_address
+from clara_napari.core.triton.address import TransportOptions, parse_address
 from clara_napari.core.pipeline import segment_volume
-from clara_napari.core.server import EmbeddedServer
+from clara_napari.core.triton.embedded import EmbeddedServer
+from clara_napari.core.triton.model import TritonModel
 from clara_napari.core.volume import Volume, write_volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -378,7 +379,8 @@ def test_signal_mid_run_stops_at_once_and_cleans_up(tiny, tmp_path, server, sign
     """The CLI on the real chest CT (thousands of 16³ windows); once inference has started the
     signal stops it: exit 128 + signal, no server process, shared-memory region, server folder,
     output or publish file (partial or whole) left."""
-    from clara_napari.core.server import _group_members, _stub_regions
+    from clara_napari.core.triton.processes import group_members as _group_members
+    from clara_napari.core.triton.processes import stub_regions as _stub_regions
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -459,7 +461,7 @@ def test_widget_settings_never_store_url_credentials(tmp_path, monkeypatch):
 def test_client_threads_end_with_their_resources():
     """Each worker runs ``on_exit`` on its own thread when closed; calls after close are refused;
     a gevent hub made on a worker is destroyed with it (its descriptors are given back)."""
-    from clara_napari.core.backends.client_threads import ClientThreads, destroy_gevent_hub
+    from clara_napari.core.triton.threads import ClientThreads, destroy_gevent_hub
 
     pytest.importorskip("gevent")
     import gevent
@@ -505,7 +507,8 @@ class TritonPythonModel:
 def test_signal_during_a_long_request(tmp_path):
     """Ctrl-C while every request takes 8 s on the server: the run does not wait for the request
     in flight; exit 130 well before the request would have ended, nothing left behind."""
-    from clara_napari.core.server import _group_members, python_paths
+    from clara_napari.core.triton.locations import python_paths
+    from clara_napari.core.triton.processes import group_members as _group_members
 
     app = tiny_app(tmp_path / "app")
     model = app / "models" / TINY

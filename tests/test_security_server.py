@@ -29,8 +29,9 @@ import pytest
 from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.errors import ConfigError, ServerError
 from clara_napari.core.model_repository import list_models, read_model_config
-from clara_napari.core.server import (GRPC_KEY_HEADER, KEY_HEADER, TEMP_PREFIX, EmbeddedServer, python_paths,
-                                      remove_stale_workdirs)
+from clara_napari.core.triton.embedded import GRPC_KEY_HEADER, KEY_HEADER, TEMP_PREFIX, EmbeddedServer
+from clara_napari.core.triton.locations import python_paths
+from clara_napari.core.triton.workdirs import remove_stale_workdirs
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = DATA_ROOT / "sample_data" / "models"
@@ -212,7 +213,7 @@ def test_sigkilled_run_leaves_a_folder_the_next_start_removes(tmp_path):
     """A real process starts the embedded server and is SIGKILLed: its temp folder stays behind
     until the next start, which removes it (and never the folder of a live server)."""
     script = ("import sys, time\n"
-              "from clara_napari.core.server import EmbeddedServer\n"
+              "from clara_napari.core.triton.embedded import EmbeddedServer\n"
               f"s = EmbeddedServer({str(MODELS)!r}, models=[{LUNG!r}]).start()\n"
               "print(s.workdir, s.process.pid, *s.shm_regions, flush=True)\n"
               "time.sleep(300)\n")
@@ -374,7 +375,8 @@ def test_grpc_attack_is_refused(locked, tmp_path):
 def test_inference_still_works_for_this_process(locked, protocol):
     """The project's own client (same process) gets the key; results match onnxruntime in process."""
     from clara_napari.core.backends.local import LocalBackend
-    from clara_napari.core.backends.triton import TransportOptions, TritonModel, parse_address
+    from clara_napari.core.triton.address import TransportOptions, parse_address
+    from clara_napari.core.triton.model import TritonModel
 
     address = parse_address(f"{protocol}://127.0.0.1:{locked.ports[protocol]}")
     model = TritonModel(address, LUNG, options=TransportOptions(ready_timeout_s=10))

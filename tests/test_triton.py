@@ -17,10 +17,14 @@ import clara_napari as cn
 from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.apps import resolve_app
 from clara_napari.core.backends.local import LocalBackend
-from clara_napari.core.backends.triton import TransportOptions, TritonBackend, TritonModel, parse_address
+from clara_napari.core.backends.triton import TritonBackend
+from clara_napari.core.triton.address import TransportOptions, parse_address
 from clara_napari.core.errors import ModelMismatchError, ServerError
 from clara_napari.core.model_repository import read_model_config
-from clara_napari.core.server import EmbeddedServer, _group_members, python_paths
+from clara_napari.core.triton.embedded import EmbeddedServer
+from clara_napari.core.triton.locations import python_paths
+from clara_napari.core.triton.model import TritonModel
+from clara_napari.core.triton.processes import group_members as _group_members
 from clara_napari.core.windows import sliding_window
 
 pytestmark = pytest.mark.triton

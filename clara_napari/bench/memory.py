@@ -43,9 +43,9 @@ class ServerMemory(threading.Thread):
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True, name="clara-bench-memory")
-        from ..core.server import server_process_group
+        from ..core.triton.processes import group_members, stub_regions
 
-        self.pids, regions = server_process_group(pid)
+        self.pids, regions = group_members(pid), stub_regions(pid)
         self.regions = [Path("/dev/shm") / name for name in regions]
         self.base = self.peak = self.sample()
         self._stop_event = threading.Event()

@@ -18,7 +18,8 @@ class TritonRunner(EngineRunner):
         self.protocol, self.shm, self.name = protocol, shm, name
 
     def predictor(self):
-        from ..core.backends.triton import Address, TransportOptions, TritonModel
+        from ..core.triton.address import Address, TransportOptions
+        from ..core.triton.model import TritonModel
 
         if self.server is None:
             raise Skip("no server")
@@ -35,13 +36,10 @@ class JsonPredictor:
     """Windows sent as JSON numbers (``binary_data=False``), the output back as binary."""
 
     def __init__(self, host: str, port: int, model_name: str, in_flight: int = 2) -> None:
-        from ..core.backends.client_threads import ClientThreads
-        from ..core.backends.triton import (
-            Address,
-            TransportOptions,
-            TritonModel,
-            close_thread_client,
-        )
+        from ..core.triton.address import Address, TransportOptions
+        from ..core.triton.client import close_thread_client
+        from ..core.triton.model import TritonModel
+        from ..core.triton.threads import ClientThreads
 
         probe = TritonModel(Address(host, port, "http"), model_name, options=TransportOptions(shared_memory=False))
         self.spec, self.input, self.output = probe.spec, probe.input, probe.output
@@ -68,9 +66,7 @@ class JsonPredictor:
         infer_input = thttp.InferInput(self.input.name, list(batch.shape), self.input.datatype)
         infer_input.set_data_from_numpy(batch, binary_data=False)
         requested = thttp.InferRequestedOutput(self.output.name, binary_data=True)
-        from ..core.server import (
-            server_headers,  # the embedded server's key (its APIs are restricted)
-        )
+        from ..core.triton.keys import server_headers  # the embedded server's key (its APIs are restricted)
 
         headers = server_headers(self.host, self.port) or None
         return client.infer(self.model_name, [infer_input], outputs=[requested],
@@ -97,7 +93,7 @@ def embedded_server(job: Job, needed: bool = True) -> Iterator[ServerInfo | None
     if not needed:
         yield None
         return
-    from ..core.server import EmbeddedServer
+    from ..core.triton.embedded import EmbeddedServer
 
     embedded = EmbeddedServer(job.repository, threads=job.threads, runtime=job.runtime or None).start()
     try:

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..core.apps import bundled_model_repository
     from ..core.serve_policy import exposure_lines, serve_options
-    from ..core.server import EmbeddedServer
+    from ..core.triton.embedded import EmbeddedServer
 
     repository = Path(args.models) if args.models else bundled_model_repository()
     options = serve_options(args.host, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,

@@ -42,7 +42,7 @@ def stop_handler(cancel):
             return
         cancel.cancel()
         from ..core.interrupts import request_stop
-        from ..core.server import kill_on_stop
+        from ..core.triton.embedded import kill_on_stop
 
         request_stop()
         kill_on_stop()

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from typing import Callable
 from .apps import App
 from .errors import ClaraNapariError, ConfigError, ServerError
 from .operator import RunOptions, VolumeResult, check_run, list_inputs, run_one
+from .machine_server import machine_server, stop_machine_servers
 from .session import EMBEDDED, ServerChoice, Session, choose_server
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,6 @@ class StudyJob:
 _SESSIONS: dict = {}
 _SESSION_LOCK = threading.Lock()
 _OPENED = [0]
-_MACHINE_SERVER: list = []
 
 
 def _session_key(job: StudyJob) -> str:
@@ -101,9 +99,10 @@ def _worker_session(job: StudyJob) -> Session:
             from .apps import refuse_python_models
 
             refuse_python_models(job.app.model_repository)
-            choice = choose_server(_machine_server(job), protocol=_protocol(job))
+            choice = choose_server(machine_server(job.app.model_repository, _protocol(job), job.threads),
+                                   protocol=_protocol(job))
         elif job.server_key and choice.address is not None:
-            from .server import share_server_key
+            from .triton.keys import share_server_key
 
             share_server_key(str(choice.address), job.server_key)
         transport = dict(job.server_options)
@@ -129,65 +128,7 @@ def close_sessions() -> None:
             session.close()
         except Exception:   # closing is best effort: the worker is going away
             log.debug("closing a model session failed", exc_info=True)
-    while _MACHINE_SERVER:
-        with contextlib.suppress(Exception):
-            _MACHINE_SERVER.pop().stop()
-
-
-def machine_server_state(repository: Path) -> Path:
-    """The state file of this machine's embedded server for ``repository`` (its lock: ``.lock``),
-    in a folder only this user can write (another user could otherwise plant an address there
-    and receive the volumes)."""
-    folder = Path(tempfile.gettempdir()) / f"clara-napari-{os.getuid()}"
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700)
-    info = folder.lstat()
-    import stat
-
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise ServerError(f"{folder}: not a private folder of this user (owner, mode or a link); refused for the "
-                          "embedded server's address.")
-    tag = hashlib.sha256(str(Path(repository).resolve()).encode()).hexdigest()[:16]
-    return folder / f"embedded-{tag}.json"
-
-
-def _machine_server(job: StudyJob) -> str:
-    """The address of this machine's embedded server for the app's repository; the first worker
-    of the machine starts it (under a file lock), the others find it in the lock's state file."""
-    import fcntl
-    import urllib.request
-
-    from .backends.triton import parse_address
-    from .server import EmbeddedServer, share_server_key
-
-    repository = job.app.model_repository
-    base = machine_server_state(repository).with_suffix("")
-    protocol = _protocol(job)
-    with open(f"{base}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ServerError):
-                state = json.loads(Path(f"{base}.json").read_text(encoding="utf-8"))
-                if parse_address(state[protocol]).is_local and parse_address(state["http"]).is_local:
-                    with contextlib.suppress(OSError), urllib.request.urlopen(
-                            f"{state['http']}/v2/health/ready", timeout=2) as response:
-                        if response.status == 200:
-                            share_server_key(state[protocol], state.get("key", ""))
-                            return state[protocol]
-            server = EmbeddedServer(repository, threads=job.threads).start()
-            _MACHINE_SERVER.append(server)
-            tmp = Path(f"{base}.json.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            # owner-only (in a 0700 folder): it holds the server's key for this machine's other workers
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w",
-                           encoding="utf-8") as file:
-                file.write(json.dumps({"pid": os.getpid(), "http": server.http_url, "grpc": server.grpc_url,
-                                       "key": server.key}))
-            os.replace(tmp, f"{base}.json")
-            return server.http_url if protocol == "http" else server.grpc_url
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    stop_machine_servers()
 
 
 def segment_study(job: StudyJob, source: str) -> dict:
@@ -296,7 +237,7 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
             cluster = stack.enter_context(local_cluster(workers))
             address = cluster.scheduler_address
             if choice.kind == EMBEDDED:   # this machine runs the workers: one server for all of them
-                from .server import EmbeddedServer
+                from .triton.embedded import EmbeddedServer
 
                 embedded = stack.enter_context(EmbeddedServer(options.app.model_repository, threads=options.threads))
                 choice = choose_server(embedded.grpc_url if choice.protocol == "grpc" else embedded.http_url,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ResourceError
+from .volume_headers import VolumeHeader
 
 GiB = 1024**3
 F32 = 4
@@ -30,22 +31,6 @@ F32 = 4
 MAX_WINDOWS = 5000
 #: Fraction of the available memory a run may plan to use.
 USABLE_FRACTION = 0.9
-
-
-@dataclass(frozen=True)
-class VolumeHeader:
-    """What a volume's header says, before any voxel is read."""
-
-    path: Path
-    size: tuple[int, int, int]              # (x, y, z)
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]
-    voxel_bytes: int                        # bytes per voxel, all components
-
-    @property
-    def voxels(self) -> int:
-        return math.prod(self.size)
 
 
 @dataclass
@@ -114,11 +99,11 @@ def _gib(n: int) -> str:
 def inference_grid_size(header: VolumeHeader, config) -> tuple[int, int, int]:
     """The (x, y, z) size the model sees: the header's grid through the resampling pre-transforms."""
     from .geometry import Grid
-    from .transforms.spatial import _Resampling
+    from .transforms.spatial import Resampling
 
     grid = Grid(tuple(header.size), header.spacing, header.origin, header.direction)
     for transform in config.pre_transforms:
-        if isinstance(transform, _Resampling):
+        if isinstance(transform, Resampling):
             grid = transform.target(grid)
     return tuple(grid.size)
 
@@ -127,7 +112,7 @@ def estimate_run_memory(header: VolumeHeader, config, *, out_channels: int | Non
                         roi: Sequence[int] | None = None, in_channels: int = 1) -> MemoryEstimate:
     """Bytes alive at the peak of each stage for ``config`` on a volume with this header."""
     from .geometry import Grid
-    from .transforms.spatial import _Resampling
+    from .transforms.spatial import Resampling
 
     source = header.voxels * header.voxel_bytes
     out_channels = out_channels or max(2, len(config.labels) + 1)
@@ -136,7 +121,7 @@ def estimate_run_memory(header: VolumeHeader, config, *, out_channels: int | Non
     current = header.voxels * in_channels * F32               # the float32 working copy
     stages["load"] = source + current + header.voxels * header.voxel_bytes   # cast + reorientation copy
     for index, transform in enumerate(config.pre_transforms):
-        if isinstance(transform, _Resampling):
+        if isinstance(transform, Resampling):
             grid = transform.target(grid)
             after = math.prod(grid.size) * in_channels * F32
             # input array, its SimpleITK copy and the one before it, output image + its numpy copy

@@ -3,7 +3,7 @@
 Loopback needs nothing more. Any other address needs TLS (Triton offers it for gRPC only, so HTTP
 then stays on loopback) or an explicit ``--insecure``. Whatever the address, the APIs that load
 code, register shared memory or change trace/log settings need the per-start key
-(:data:`~clara_napari.core.server.SERVE_RESTRICTED`), which is written to an owner-only file for the
+(:data:`~clara_napari.core.triton.embedded.SERVE_RESTRICTED`), which is written to an owner-only file for the
 user who started the server; inference, metadata, model configs and health are open to clients.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ def is_loopback(host: str) -> bool:
 
 def serve_options(host: str, *, tls_cert: str | None = None, tls_key: str | None = None, tls_ca: str | None = None,
                   insecure: bool = False) -> dict:
-    """:class:`~clara_napari.core.server.EmbeddedServer` keywords for ``serve --host host``; refuses
+    """:class:`~clara_napari.core.triton.embedded.EmbeddedServer` keywords for ``serve --host host``; refuses
     a non-loopback address without TLS or ``--insecure`` (one sentence)."""
-    from .server import SERVE_RESTRICTED
+    from .triton.embedded import SERVE_RESTRICTED
 
     options: dict = {"host": host, "restricted": SERVE_RESTRICTED}
     if bool(tls_cert) != bool(tls_key):
@@ -56,7 +56,7 @@ def serve_options(host: str, *, tls_cert: str | None = None, tls_key: str | None
 
 def exposure_lines(server, key_file: Path | None) -> list[str]:
     """What a running ``serve`` exposes, one line per listener, then who may do what."""
-    from .server import GRPC_KEY_HEADER, KEY_HEADER
+    from .triton.keys import GRPC_KEY_HEADER, KEY_HEADER
 
     def scope(host: str) -> str:
         return "this machine only" if is_loopback(host) else (

@@ -29,7 +29,7 @@ from .errors import ServerError
 if TYPE_CHECKING:
     from .apps import App
     from .backends.base import ModelHandle
-    from .backends.triton import Address
+    from .triton.address import Address
     from .config import InferenceConfig
     from .pipeline import Segmentation
     from .volume import Volume
@@ -83,7 +83,7 @@ def choose_server(server: str | Sequence[str] | None = None, *, inferer: Any = N
                   environ: Mapping[str, str] | None = None) -> ServerChoice:
     """THE server policy (see the module docstring). ``inferer``: the app's inferer (its ``address``
     and ``protocol``); ``protocol``: the user's ``--protocol`` (wins over the app's)."""
-    from .backends.triton import parse_address
+    from .triton.address import parse_address
 
     environ = os.environ if environ is None else environ
     proto = (protocol or getattr(inferer, "protocol", None) or "http").lower()
@@ -118,7 +118,7 @@ def choose_server(server: str | Sequence[str] | None = None, *, inferer: Any = N
 
 
 def _embedded_missing() -> str | None:
-    from .server import embedded_server_missing
+    from .triton.locations import embedded_server_missing
 
     return embedded_server_missing()
 

@@ -28,8 +28,8 @@ from .input_files import (
     split_total,
 )
 from .nifti_data import check_nifti
-from .resources import VolumeHeader
 from .volume_headers import (
+    VolumeHeader,
     check_gzip,
     check_information,
     check_inline_data,
@@ -157,7 +157,7 @@ def read_volume(path: str | Path, *, allow_channels: bool = False,
     Refuses (with :class:`VolumeError` naming the file) empty, unreadable or malformed files,
     2D and 4D+ images (multi-component voxels only with ``allow_channels``), sizes that would
     not fit in memory, and non-finite voxels. ``before_voxels`` is called with the header's
-    :class:`~clara_napari.core.resources.VolumeHeader` before any voxel is read (a DICOM series:
+    :class:`~clara_napari.core.volume_headers.VolumeHeader` before any voxel is read (a DICOM series:
     right after reading), e.g. to refuse a run that would not fit in memory.
     """
     import SimpleITK as sitk

@@ -9,10 +9,28 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import VolumeError
 from .input_files import check_data_sizes, metaimage_data_files
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """What a volume's header says, before any voxel is read."""
+
+    path: Path
+    size: tuple[int, int, int]              # (x, y, z)
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    voxel_bytes: int                        # bytes per voxel, all components
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.size)
+
 
 #: Refuse volumes larger than this many bytes before reading their voxels.
 MAX_VOXEL_BYTES = 16 * 1024**3

@@ -17,7 +17,7 @@ from ..core.errors import ClaraNapariError, ServerError
 from ..core.session import AUTO, EMBEDDED, LOCAL
 
 if TYPE_CHECKING:
-    from ..core.backends.triton import Address
+    from ..core.triton.address import Address
 
 __all__ = ["AUTO", "EMBEDDED", "LOCAL"]   # the server field's special values (core's)
 
@@ -39,7 +39,7 @@ CONNECT_TIMEOUT_S = 3.0
 
 def check_reachable(address: Address | str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Fail at once when nothing listens at ``address`` (a refused connection needs no readiness wait)."""
-    from ..core.backends.triton import parse_address
+    from ..core.triton.address import parse_address
 
     parsed = parse_address(address) if isinstance(address, str) else address
     try:

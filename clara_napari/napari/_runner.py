@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.apps import App
-from ..core.backends.triton import parse_address
+from ..core.triton.address import parse_address
 from ..core.config import InferenceConfig
 from ..core.errors import Cancelled
 from ..core.masking import parse_header_items

@@ -12,7 +12,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from ..core.server import EmbeddedServer
+from ..core.triton.embedded import EmbeddedServer
 
 log = logging.getLogger(__name__)
 

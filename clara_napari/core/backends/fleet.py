@@ -1,6 +1,6 @@
 """Several Triton endpoints serving one run: windows spread client-side over a server fleet.
 
-Every endpoint (HTTP or gRPC, mixed) is opened as a :class:`~.triton.TritonModel` and must serve
+Every endpoint (HTTP or gRPC, mixed) is opened as a :class:`~clara_napari.core.triton.model.TritonModel` and must serve
 the same model config (inputs, outputs, dims, ``max_batch_size``) as the first one before any
 window is sent. Each endpoint lends ``requests_in_flight`` *tickets*; an engine thread takes the
 next free ticket, so a faster server hands its tickets back sooner and gets more windows (a pull
@@ -21,7 +21,10 @@ import numpy as np
 
 from ..errors import ModelMismatchError, ServerError
 from ..model_repository import ModelSpec
-from .triton import Address, TritonBackend, TritonModel, _is_retryable, _reason
+from ..triton.address import Address
+from ..triton.errors import ENDPOINT_FAILURES
+from ..triton.model import TritonModel
+from .triton import TritonBackend
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +40,7 @@ def model_signature(spec: ModelSpec) -> dict:
 
 def should_fail_over(exc: BaseException) -> bool:
     """An endpoint problem (gone, unreachable, too slow), not a problem of the batch itself."""
-    cause = exc.__cause__ or exc
-    text = (_reason(cause) + " " + str(exc)).lower()
-    return (_is_retryable(cause) or isinstance(cause, TimeoutError) or "deadline" in text
-            or "did not answer within" in text or "lost the connection" in text
-            or "connection closed" in text)   # geventhttpclient, when the server dies mid-response
+    return isinstance(exc, ENDPOINT_FAILURES)
 
 
 class FleetBackend:

@@ -66,7 +66,7 @@ class ConvertToChannelsFirst(FieldsMixin, Transform):
                 sample[key] = array[None]
 
 
-class _Resampling(FieldsMixin, Transform):
+class Resampling(FieldsMixin, Transform):
     is_label: bool = False
 
     def target(self, grid: Grid) -> Grid:  # pragma: no cover - abstract
@@ -83,7 +83,7 @@ class _Resampling(FieldsMixin, Transform):
 
 
 @TRANSFORMS.register("ScaleByResolution")
-class ScaleByResolution(_Resampling):
+class ScaleByResolution(Resampling):
     """Resample to ``target_resolution`` [x, y, z] mm (linear; nearest for labels)."""
 
     target_resolution: Positive3
@@ -95,7 +95,7 @@ class ScaleByResolution(_Resampling):
 
 
 @TRANSFORMS.register("ScaleBySpacing")
-class ScaleBySpacing(_Resampling):
+class ScaleBySpacing(Resampling):
     """Resample to ``target_spacing`` [x, y, z] mm."""
 
     target_spacing: Positive3
@@ -107,7 +107,7 @@ class ScaleBySpacing(_Resampling):
 
 
 @TRANSFORMS.register("ScaleByFactor")
-class ScaleByFactor(_Resampling):
+class ScaleByFactor(Resampling):
     """Multiply the number of voxels along each axis by ``scale_factor`` (one number or [x, y, z]).
 
     Published Clara 3 configs (HeaortaNet) name it ``factor``; both are accepted.
@@ -130,7 +130,7 @@ class ScaleByFactor(_Resampling):
 
 
 @TRANSFORMS.register("ScaleToShape")
-class ScaleToShape(_Resampling):
+class ScaleToShape(Resampling):
     """Resample to ``target_shape`` [x, y, z] voxels over the same physical extent."""
 
     target_shape: list[int]

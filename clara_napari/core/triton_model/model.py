@@ -1,6 +1,6 @@
 """clara-napari's Triton python-backend model: runs a model file with the project's runtime layer.
 
-The embedded server (:mod:`clara_napari.core.server`) copies this file as ``model.py`` into each
+The embedded server (:mod:`clara_napari.core.triton.embedded`) copies this file as ``model.py`` into each
 version folder of its generated repository; the model's ``config.pbtxt`` says what to run in its
 ``parameters``: ``clara_napari_model_folder`` and ``clara_napari_model_filename`` (the user's
 ``<folder>/<version>/model.onnx`` / ``model.xml`` / ``model.pt``), ``clara_napari_format`` (the original platform or backend), ``clara_napari_runtime``

@@ -17,7 +17,8 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..interrupts import block_stop_signals, wait_result
 
@@ -28,7 +29,7 @@ class ClientThreads:
     """``size`` daemon threads running calls in order of arrival; :meth:`call` waits for the result."""
 
     def __init__(self, size: int, *, name: str, on_exit: Callable[[], None] | None = None) -> None:
-        self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._on_exit = on_exit
         self._closed = False
         self._lock = threading.Lock()   # no call is queued behind the stop marks
@@ -72,7 +73,7 @@ class ClientThreads:
                     continue
                 try:
                     future.set_result(fn(*args, **kwargs))
-                except BaseException as exc:  # handed to the caller
+                except BaseException as exc:  # noqa: BLE001 (handed to the caller, who raises it)
                     future.set_exception(exc)
                 del job, future, fn, args, kwargs
         finally:
