@@ -205,8 +205,8 @@ def run_one(options: RunOptions, source: Path, session: Session, progress_for, c
         with Transaction(overwrite=options.overwrite, forbid=[source]) as txn:
             written = []
             for (writer, out), target in zip(segmentation.outputs, targets):
-                extra = {"app": options.app, "model": segmentation.model} if getattr(writer, "wants_app", False) else {}
-                writer.write(out, txn.path(target), overwrite=True, forbid=[source], **extra)
+                writer.write(out, txn.path(target), overwrite=True, forbid=[source], app=options.app,
+                             model=segmentation.model)
                 written.append(target)
             if options.dicom_seg:
                 from .dicom.writer import write_app_seg
