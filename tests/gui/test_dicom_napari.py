@@ -63,7 +63,7 @@ def test_widget_export_writes_a_seg_for_a_dicom_series(make_napari_viewer, qtbot
     assert widget.last_outcome is not None and widget.last_outcome.error is None, widget.last_outcome
     [labels] = [layer for layer in viewer.layers if isinstance(layer, Labels)]
     assert labels.data.any()
-    worker = widget.export(folder=tmp_path / "export")
+    widget.export(folder=tmp_path / "export")
     seg_file = tmp_path / "export" / "output" / "chest_crop.seg.dcm"
     qtbot.waitUntil(lambda: getattr(widget, "last_export", None) is not None, timeout=60_000)
     assert seg_file in widget.last_export

@@ -23,7 +23,7 @@ if ensure_display() is None:
 from napari.layers import Image, Labels  # noqa: E402
 from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
 from qtpy.QtWidgets import QLineEdit  # noqa: E402
-from test_napari_widget import crop, free_port, open_with_widget, settings_dir, wait_idle  # noqa: E402,F401
+from test_napari_widget import free_port, open_with_widget, wait_idle  # noqa: E402
 
 from clara_napari.napari._panel import NEW_LAYER, REPLACE, to_csv  # noqa: E402
 from clara_napari.napari._testing import StallMeter  # noqa: E402

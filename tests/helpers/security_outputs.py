@@ -19,7 +19,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def hidden(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(".*")] if folder.exists() else []
+    return list(folder.rglob(".*")) if folder.exists() else []
 
 
 @pytest.fixture(scope="module")

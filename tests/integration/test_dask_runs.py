@@ -94,7 +94,7 @@ def test_killed_worker_loses_only_its_volume(studies, server, serial_outputs, tm
                 results.extend(run_on_dask(RunOptions(app=app, input=inputs, output=tmp_path,
                                                       server=server.http_url),
                                            scheduler=cluster.scheduler_address, timeout_s=300))
-            except BaseException as exc:   # handed to the test thread
+            except BaseException as exc:  # noqa: BLE001  (handed to the test thread, which raises it)
                 errors.append(exc)
 
         thread = threading.Thread(target=work)

@@ -36,7 +36,7 @@ def resample_to(volume: Volume, spacing, *, is_label: bool) -> Volume:
     0.5 (a partial-volume reference, not nearest neighbour's staircase).
     """
     image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
-    size = [int(round(n * old / new)) for n, old, new in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    size = [int(round(n * old / new)) for n, old, new in zip(image.GetSize(), image.GetSpacing(), spacing, strict=True)]
     out = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), tuple(spacing),
                         image.GetDirection(), 0.0, sitk.sitkFloat32)
     if is_label:

@@ -73,7 +73,7 @@ class Orthanc:
             (folder / "filter.lua").write_text(lua)
             config["LuaScripts"] = [str(folder / "filter.lua")]
         (folder / "orthanc.json").write_text(json.dumps(config))
-        self.log = open(folder / "orthanc.out", "wb")
+        self.log = open(folder / "orthanc.out", "wb")  # noqa: SIM115  (open while Orthanc runs; closed in stop)
         self.process = subprocess.Popen([binary, f"--logdir={folder}", str(folder / "orthanc.json")],
                                         stdout=self.log, stderr=subprocess.STDOUT)
         self.base = f"http://127.0.0.1:{self.http_port}"

@@ -194,7 +194,7 @@ def test_openvino_engine_serves_many_threads_at_once(repository, batch):
             for _ in range(5):
                 out = engine.run({"x": batch}, ["y"])[0]
                 np.testing.assert_allclose(out, expected, atol=2e-5)
-        except BaseException as exc:  # collected for the main thread
+        except BaseException as exc:  # noqa: BLE001  (collected for the main thread, which raises it)
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]

@@ -123,7 +123,7 @@ def test_concurrent_jobs_agree(server, brain_input, local_probabilities):
                                               batch_size=1, in_flight=4))
             finally:
                 model.close()
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # noqa: BLE001  (reported below)  # pragma: no cover
             errors.append(exc)
 
     threads = [threading.Thread(target=job, args=(p,)) for p in ("http", "grpc", "http")]

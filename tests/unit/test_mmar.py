@@ -105,7 +105,7 @@ def test_a_broken_environment_is_a_config_error(tmp_path, text):
     folder = mmar(tmp_path)
     (folder / "config" / "environment.json").write_text(text)
     with pytest.raises(ConfigError) as info:
-        resolve_app(folder).config
+        _ = resolve_app(folder).config
     assert info.value.file == str(folder.resolve() / "config" / "environment.json")
 
 

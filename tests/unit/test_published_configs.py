@@ -109,7 +109,7 @@ def test_finding3_placeholders_in_used_sections_still_are():
 @pytest.mark.parametrize("config, paths", REFUSED, ids=[c[0].split("/")[0] for c in REFUSED])
 def test_finding4_every_problem_of_a_published_config_is_reported_together(config, paths):
     with pytest.raises(ConfigError) as info:
-        resolve_app(PUBLISHED / config).config
+        _ = resolve_app(PUBLISHED / config).config
     error = info.value
     assert isinstance(error, ConfigProblems)
     assert [p.json_path for p in error.problems] == paths
@@ -181,13 +181,13 @@ def test_finding5_load_nifti_flag_as_text():
 # -- finding 6: typo'd args and custom components refused, pointing to the entry-point mechanism -------------
 def test_finding6_typo_and_custom_components():
     with pytest.raises(ConfigProblems) as info:
-        resolve_app(PUBLISHED / "clara_deploy_lung_lesion/config/config_inference.json").config
+        _ = resolve_app(PUBLISHED / "clara_deploy_lung_lesion/config/config_inference.json").config
     problems = {p.json_path: p for p in info.value.problems}
     assert "Did you mean 'dtype'" in str(problems["writers[0].args.dtypes"])
     inferer = str(problems["inferer.name"])
     assert "custom_inference.CustomInference" in inferer and "clara_napari.components" in inferer
     with pytest.raises(ConfigProblems) as info:
-        resolve_app(PUBLISHED / "heaortanet/config/config_validation.json").config
+        _ = resolve_app(PUBLISHED / "heaortanet/config/config_validation.json").config
     assert all("entry-point group" in str(p) and "clara_napari.components" in str(p) for p in info.value.problems)
 
 

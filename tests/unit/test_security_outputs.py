@@ -261,7 +261,7 @@ def test_unwritable_publish_folder_leaves_no_output(tmp_path, ct, capsys):
     assert main(run_args(tmp_path, tmp_path / "in")) == 1
     err = capsys.readouterr().err
     assert "FAILED" in err and "pub" in err
-    assert not (tmp_path / "out").exists() or not [p for p in (tmp_path / "out").rglob("*")]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))
 
 
 def test_publish_failing_at_the_commit_restores_the_previous_outputs(tmp_path, ct, capsys):
@@ -280,7 +280,7 @@ def test_publish_failing_at_the_commit_restores_the_previous_outputs(tmp_path, c
     assert "FAILED" in capsys.readouterr().err
     assert digest(tmp_path / "out") == before_out
     assert digest(tmp_path / "pub") == before_pub
-    assert not hidden(tmp_path / "out") and not [p for p in hidden(tmp_path / "pub")]
+    assert not hidden(tmp_path / "out") and not list(hidden(tmp_path / "pub"))
 
 
 def test_app_python_backend_model_is_not_run_without_trust(tmp_path, ct, capsys, monkeypatch):

@@ -92,7 +92,7 @@ def test_volume_stem_and_find_volumes(tmp_path):
 
 
 # property: any small grid with an orthonormal direction round-trips via .mhd exactly
-finite = dict(allow_nan=False, allow_infinity=False, allow_subnormal=False)  # ITK reads subnormals as 0
+finite = {"allow_nan": False, "allow_infinity": False, "allow_subnormal": False}  # ITK reads subnormals as 0
 
 
 @given(shape=st.tuples(*[st.integers(2, 6)] * 3),

@@ -49,7 +49,7 @@ def test_identity_model_reproduces_the_input(shape, roi, overlap, blending, batc
        blending=blendings)
 def test_every_voxel_gets_positive_weight(shape, roi, overlap, blending):
     plan = plan_windows(shape, roi, overlap)
-    assert all(p >= max(s, r) for p, s, r in zip(plan.padded_shape, shape, roi))
+    assert all(p >= max(s, r) for p, s, r in zip(plan.padded_shape, shape, roi, strict=True))
     count = coverage(plan)
     assert count.min() >= 1
     assert len(plan) == math.prod(len(s) for s in plan.starts) == sum(1 for _ in plan.windows())
@@ -61,7 +61,7 @@ def test_every_voxel_gets_positive_weight(shape, roi, overlap, blending):
         total[window] += weights
     assert total.min() > 0
     # the original (unpadded) voxels sit inside the padded volume
-    for (before, after), s, p in zip(plan.pad, shape, plan.padded_shape):
+    for (before, after), s, p in zip(plan.pad, shape, plan.padded_shape, strict=True):
         assert before + s + after == p and before >= 0 and after >= 0
 
 
