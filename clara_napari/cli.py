@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .core.errors import ClaraNapariError, UsageError
 from .core.masking import install_log_masking, mask, parse_header_items
 
@@ -101,6 +102,7 @@ def _server_options(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clara-napari", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="segment every volume of the input folder (the Clara operator)")
