@@ -1,4 +1,7 @@
-"""The whole flow with the real deepbet ONNX model on real MRI, in process (``--server local``)."""
+"""The whole flow with the real deepbet ONNX model on real MRI, in process (``--server local``).
+
+The full-volume run (slow); the crops are in tests/unit/test_local_pipeline.py.
+"""
 from __future__ import annotations
 
 import shutil

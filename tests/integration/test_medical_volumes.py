@@ -1,6 +1,8 @@
 """Medical correctness of the bundled apps (issue 15): the right resolution, plausibility checks
 that refuse to be silently wrong, checked in-memory volumes, test-time augmentation and a second
 brain. Everything runs the real deepbet ONNX model in process (``server="local"``) on real MRI/CT.
+
+The whole-volume runs (slow); the quick checks are in tests/unit/test_medical.py.
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The panel's Qt-free logic (clara_napari/napari/_panel.py): server choice as the CLI makes it, a refused
-connection reported at once, result naming, undoable replacement, measurements; and the API's probabilities."""
+connection reported at once, result naming, undoable replacement, measurements; and the API's probabilities.
+
+Here: the API's probabilities on a whole volume (slow); the panel logic is in tests/unit/test_napari_panel.py.
+"""
 from __future__ import annotations
 
 import numpy as np

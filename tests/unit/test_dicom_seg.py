@@ -4,6 +4,8 @@ The source series are real: the bundled chest CT written as a CT DICOM series (t
 and the two-slice Siemens MR series that nibabel ships in its test data. The SEG is read back by
 :func:`clara_napari.core.dicom.seg.read_seg`, which unpacks the frames with pydicom + numpy and
 places them by their plane positions (no highdicom, which wrote it).
+
+The whole-volume runs (slow) are in tests/integration/test_dicom_seg_volumes.py.
 """
 from __future__ import annotations
 

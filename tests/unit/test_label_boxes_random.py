@@ -4,6 +4,8 @@ The reference is the former whole-volume implementation (``scipy.ndimage.label``
 ``binary_fill_holes`` on the full array, label by label), kept here verbatim. Real volumes (the T1
 MRI and the chest CT cut into bands of intensity: many components, many holes) and random small
 arrays in 3-D and 4-D with every connectivity must give identical arrays.
+
+Here: random label maps; the real T1/CT volumes are in tests/integration/test_label_boxes.py.
 """
 from __future__ import annotations
 

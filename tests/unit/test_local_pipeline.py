@@ -1,4 +1,7 @@
-"""The whole flow with the real deepbet ONNX model on real MRI, in process (``--server local``)."""
+"""The whole flow with the real deepbet ONNX model on real MRI, in process (``--server local``).
+
+The full-volume run (slow) is in tests/integration/test_local_pipeline_volume.py.
+"""
 from __future__ import annotations
 
 import os

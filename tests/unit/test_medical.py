@@ -1,6 +1,8 @@
 """Medical correctness of the bundled apps (issue 15): the right resolution, plausibility checks
 that refuse to be silently wrong, checked in-memory volumes, test-time augmentation and a second
 brain. Everything runs the real deepbet ONNX model in process (``server="local"``) on real MRI/CT.
+
+The whole-volume runs (slow) are in tests/integration/test_medical_volumes.py.
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The panel's Qt-free logic (clara_napari/napari/_panel.py): server choice as the CLI makes it, a refused
-connection reported at once, result naming, undoable replacement, measurements; and the API's probabilities."""
+connection reported at once, result naming, undoable replacement, measurements; and the API's probabilities.
+
+The API's probabilities on a whole volume (slow) are in tests/integration/test_napari_panel_volume.py.
+"""
 from __future__ import annotations
 
 import socket

@@ -3,6 +3,8 @@
 Only the model is swapped (``--model``): the bundled deepbet network on the T1 MRI, the bundled
 air-density model on the chest CT. The outputs must land in ``--output`` (never the working or
 the input folder) with the input's geometry exactly. One test per finding of issue 14 follows.
+
+The whole-volume runs are in tests/integration/test_published_configs_runs.py.
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ Items 2 (logging_config.json and every other file of an app), 4 (colliding outpu
 5 (concurrent runs into one folder), 8 (output/publish/logs in the input), 9 (umask) and 12
 (stale partials, a volume's outputs land together). Everything runs the real CLI / operator with
 the local runtime (``--server local``, onnxruntime in process) on a real CT crop.
+
+The tests that kill or race real CLI processes, or start Triton, are in tests/integration/test_security_outputs_processes.py.
 """
 from __future__ import annotations
 

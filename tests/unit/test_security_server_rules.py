@@ -5,6 +5,8 @@ folders of killed runs (docs/security.md, section "Embedded Triton server and ``
 Everything runs against the real ``tritonserver`` of the nvidia-pytriton wheel, real files and
 real processes; an "attacker" is a plain client (urllib, tritonclient, curl-like requests) that
 does not know the key.
+
+Here: the rules checked without a server; the tests that start Triton are in tests/integration/test_security_server.py.
 """
 from __future__ import annotations
 
