@@ -13,9 +13,6 @@ from clara_napari.core.volume import read_volume
 
 from helpers.dicom_series import write_ct_series
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 CT = DATA_ROOT / "sample_data" / "chest_ct" / "chest_ct_lung2.nii.gz"
 
 

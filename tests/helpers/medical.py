@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from clara_napari.cli import main  # noqa: E402
+from clara_napari.cli import main
 from clara_napari.core.volume import Volume, read_volume
 
 

@@ -7,9 +7,6 @@ from clara_napari.cli import main
 from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.config import CLARA3, CLARA4
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published_configs"
 T1 = DATA_ROOT / "sample_data" / "mr_t1" / "mr_t1_colin27.nii.gz"
 CT = DATA_ROOT / "sample_data" / "chest_ct" / "chest_ct_lung2.nii.gz"

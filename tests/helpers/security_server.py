@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -10,9 +9,6 @@ from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.server import (
     python_paths,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 MODELS = DATA_ROOT / "sample_data" / "models"
 LUNG = "lung_air_density"

@@ -17,7 +17,7 @@ from clara_napari.core.errors import ConfigError  # noqa: E402
 from clara_napari.core.operator import RunOptions, run  # noqa: E402
 from clara_napari.core.server import SERVE_RESTRICTED, EmbeddedServer  # noqa: E402
 
-from helpers.scale_models import write_latency_app, write_volumes  # noqa: E402
+from helpers.scale_models import write_latency_app, write_volumes
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(600)]
 STUDIES = 6

@@ -16,7 +16,7 @@ from clara_napari.core.backends.triton import TritonModel, parse_address
 from clara_napari.core.errors import ModelMismatchError, ServerError
 from clara_napari.core.server import EmbeddedServer
 
-from helpers.scale_models import MODEL, write_latency_app, write_latency_model, write_volumes  # noqa: E402
+from helpers.scale_models import MODEL, write_latency_app, write_latency_model, write_volumes
 
 pytestmark = pytest.mark.triton
 

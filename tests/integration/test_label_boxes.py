@@ -14,7 +14,7 @@ import pytest
 
 from clara_napari.core.volume import read_volume
 
-from helpers.label_boxes import check  # noqa: E402
+from helpers.label_boxes import check
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from clara_napari.core.volume import read_volume
 
 from helpers import assert_same_geometry, dice
-from helpers.local_pipeline import (  # noqa: E402
+from helpers.local_pipeline import (
     cli_run,
 )
 

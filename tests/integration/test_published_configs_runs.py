@@ -17,7 +17,7 @@ import pytest
 from clara_napari.core.volume import read_volume
 
 from helpers import assert_same_geometry
-from helpers.published_configs import CT, PUBLISHED, RUNNABLE, T1, _run  # noqa: E402
+from helpers.published_configs import CT, PUBLISHED, RUNNABLE, T1, _run
 
 
 def _input(kind: str) -> Path:

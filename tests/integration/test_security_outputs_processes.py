@@ -22,7 +22,7 @@ import clara_napari as cn
 from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.atomic import remove_stale_partials
 
-from helpers.security_outputs import (  # noqa: E402
+from helpers.security_outputs import (
     ENV,
     KILLED_WRITER,
     hidden,

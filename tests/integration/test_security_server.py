@@ -36,7 +36,7 @@ from clara_napari.core.server import (
     remove_stale_workdirs,
 )
 
-from helpers.security_server import (  # noqa: E402
+from helpers.security_server import (
     EVIL_MODEL,
     LUNG,
     MODELS,

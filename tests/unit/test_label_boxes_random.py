@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers.label_boxes import check  # noqa: E402
+from helpers.label_boxes import check
 
 
 @given(seed=st.integers(0, 2**31 - 1), connectivity=st.sampled_from([1, 2, 3]), four_d=st.booleans(),

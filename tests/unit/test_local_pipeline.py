@@ -19,7 +19,7 @@ from clara_napari.core.progress import CancelToken
 from clara_napari.core.volume import Volume, read_volume, write_volume
 
 from helpers import assert_same_geometry, bundled_config, crop_volume, dice, write_app
-from helpers.local_pipeline import (  # noqa: E402
+from helpers.local_pipeline import (
     CROP,
     cli_run,
 )

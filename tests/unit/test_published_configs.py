@@ -18,7 +18,7 @@ from clara_napari.core.config import AIAA, CLARA3, CLARA4, load_config, parse_co
 from clara_napari.core.errors import ConfigError, ConfigProblems
 
 from helpers import bundled_config
-from helpers.published_configs import AIAA_CONFIGS, PUBLISHED, REFUSED, RUNNABLE, T1, _run  # noqa: E402
+from helpers.published_configs import AIAA_CONFIGS, PUBLISHED, REFUSED, RUNNABLE, T1, _run
 
 
 def test_every_published_config_is_covered():

@@ -28,7 +28,7 @@ from clara_napari.core.errors import ConfigError, OutputError, VolumeError
 from clara_napari.core.logging_config import check_logging_config
 from clara_napari.core.output_plan import distinct_stems, name_hash
 
-from helpers.security_outputs import (  # noqa: E402
+from helpers.security_outputs import (
     ENV,
     HOSTILE_LOGGING,
     KILLED_COMMIT,

@@ -28,7 +28,7 @@ from clara_napari.core.server import (
     remove_stale_workdirs,
 )
 
-from helpers.security_server import LUNG, MODELS, _config  # noqa: E402
+from helpers.security_server import LUNG, MODELS, _config
 
 ROOT = Path(__file__).resolve().parents[2]
 
