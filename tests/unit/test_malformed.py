@@ -7,12 +7,8 @@ byte-for-byte unchanged) and through the Python API (a ClaraNapariError naming t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,22 +21,22 @@ from clara_napari.cli import main
 from clara_napari.core.errors import ClaraNapariError
 from clara_napari.core.volume import Volume, write_volume
 
+from helpers.hostile_inputs import (
+    APP,
+    assert_nothing_written,
+    digest,
+    needs_root,
+    run_without_dac_override,
+    shared_tmp,
+    write_mhd_header,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
-APP = "lung_ct"
 
 
 def good_volume(shape=(12, 40, 40)) -> Volume:
     rng = np.random.default_rng(0)
     return Volume(rng.integers(-1000, 400, size=shape).astype(np.int16), spacing=(1.5, 1.5, 5.0))
-
-
-def write_mhd_header(path: Path, **fields) -> None:
-    values = {"ObjectType": "Image", "NDims": "3", "DimSize": "40 40 12", "ElementType": "MET_SHORT",
-              "ElementSpacing": "1 1 1", "ElementDataFile": path.with_suffix(".raw").name}
-    values.update({k: str(v) for k, v in fields.items()})
-    order = ["ObjectType", "NDims", "DimSize", "ElementType", "ElementSpacing", "ElementNumberOfChannels",
-             "CompressedData", "ElementDataFile"]
-    path.write_text("".join(f"{k} = {values[k]}\n" for k in order if k in values))
 
 
 def _mhd(folder: Path, raw_bytes: int | None = 40 * 40 * 12 * 2, **fields) -> Path:
@@ -275,20 +271,6 @@ def _(f):
 FOLDER_LEVEL = {"empty_folder", "only_unsupported_files"}
 
 
-def digest(folder: Path) -> dict[str, tuple[str, int]]:
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            out[str(p.relative_to(folder))] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
-    return out
-
-
-def assert_nothing_written(*folders: Path) -> None:
-    for folder in folders:
-        if folder.exists():
-            assert not [p for p in folder.rglob("*") if p.is_file()], f"{folder} got files"
-
-
 def test_corpus_is_large_enough():
     assert len(CASES) >= 30
 
@@ -338,32 +320,6 @@ def test_good_volumes_still_processed_beside_bad_ones(tmp_path, capsys):
 
 
 # -- permissions and full disks (real ones: as an unprivileged user, on a tiny tmpfs) --------
-@contextlib.contextmanager
-def shared_tmp():
-    folder = Path(tempfile.mkdtemp(prefix="clara-napari-perm-"))
-    folder.chmod(0o777)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def run_without_dac_override(args: list[str]) -> subprocess.CompletedProcess:
-    """Run the CLI as root without the capabilities that let root ignore file permissions."""
-    def drop():
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run([sys.executable, "-m", "clara_napari", *args], capture_output=True, text=True, timeout=180,
-                          preexec_fn=drop, env=env)
-
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="drops root's permission override; needs root")
 
 
 @needs_root

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_malformed import APP, assert_nothing_written, digest, write_mhd_header
 
 import clara_napari as cn
 from clara_napari.cli import main
 from clara_napari.core.apps import DATA_ROOT
 from clara_napari.core.errors import VolumeError
 from clara_napari.core.volume import read_volume, write_volume
+
+from helpers.hostile_inputs import APP, assert_nothing_written, digest, write_mhd_header
 
 SLICE = 40 * 40 * 2          # one z slice of the 40x40x12 MET_SHORT header written by write_mhd_header
 FOREIGN = b"\x5a"
@@ -523,7 +524,7 @@ def test_inference_grid_follows_the_resampling(tmp_path):
     assert inference_grid_size(header, config) == (401, 401, 61)
 
 
-from test_malformed import needs_root, run_without_dac_override, shared_tmp  # noqa: E402
+from helpers.hostile_inputs import needs_root, run_without_dac_override, shared_tmp  # noqa: E402
 
 
 @needs_root
