@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 # the plugin, a Qt binding, the embedded Triton server (Linux) and the test tools
 EXTRAS ?= all,qt,server,testing
 
-.PHONY: venv sample test test-fast system-deps clean
+.PHONY: venv sample test test-fast lint system-deps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,21 @@ sample: $(STAMP)
 # Three processes: the OpenVINO runtime tests segfaulted inside OpenVINO's infer when they ran after
 # the rest of the suite in one process (never alone; cause not found yet), and the wheel tests
 # (build, resolve, install in a fresh venv) are independent of the rest.
+# Everything: the three lanes tests/unit, tests/integration (real Triton, PACS, CLI processes, Dask,
+# wheels) and tests/gui (a napari viewer; Xvfb started by the tests when there is no display).
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q --ignore=tests/test_runtimes.py --ignore=tests/test_packaging.py
-	$(PY) -m pytest -q tests/test_runtimes.py
-	$(PY) -m pytest -q tests/test_packaging.py
+	$(PY) -m pytest -q --ignore=tests/integration/test_runtimes.py --ignore=tests/integration/test_packaging.py
+	$(PY) -m pytest -q tests/integration/test_runtimes.py
+	$(PY) -m pytest -q tests/integration/test_packaging.py
+
+# The unit lane: no Triton server, no display, no PACS, no wheel build (under a minute).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+# ruff on the package and the tests, mypy on core/ (also run by tests/unit/test_lint.py)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check clara_napari tests
+	$(VENV)/bin/mypy clara_napari/core
 
 clean:
 	rm -rf $(VENV) out

@@ -3,7 +3,7 @@
     PYTHONPATH=. python scripts/bench_scale.py [--delay 0.05] [--rounds 2] [--json out.json]
 
 The model is latency-bound (a real Triton python-backend model that waits ``--delay`` seconds
-per request, one instance per server: tests/scale_models.py), so the cores of a small machine
+per request, one instance per server: tests/helpers/scale_models.py), so the cores of a small machine
 are not what limits the run; the figures show what the client-side spreading and the Dask
 layer cost on top of the model's own time. Everything runs on loopback; every run is bounded.
 """
@@ -29,7 +29,8 @@ from clara_napari.core.triton.address import parse_address  # noqa: E402
 from clara_napari.core.triton.embedded import EmbeddedServer  # noqa: E402
 from clara_napari.core.triton.model import TritonModel  # noqa: E402
 from clara_napari.core.windows import plan_windows, sliding_window  # noqa: E402
-from scale_models import MODEL, write_latency_app, write_latency_model, write_volumes  # noqa: E402
+
+from helpers.scale_models import MODEL, write_latency_app, write_latency_model, write_volumes  # noqa: E402
 
 
 def load() -> str:

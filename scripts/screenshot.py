@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("CLARA_NAPARI_CONFIG_DIR", tempfile.mkdtemp(prefix="clara-napari-settings-"))
     sys.path.insert(0, str(ROOT / "tests"))      # the display and stall helpers live with the tests
-    from napari_helpers import StallMeter, ensure_display
+    from helpers.viewer import StallMeter, ensure_display
 
     if ensure_display() is None:
         print("no X display and no Xvfb (apt-get install xvfb libgl1-mesa-dri)", file=sys.stderr)

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 
+from .. import __version__
 from ..core.errors import ClaraNapariError
 from ..core.masking import install_log_masking, mask
 from . import apps, bench, models, run, sample, serve
@@ -24,6 +25,7 @@ __all__ = ["build_parser", "main", "parse_headers"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clara-napari", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run.add_parser(sub)
     sample.add_parser(sub)

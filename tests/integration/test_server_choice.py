@@ -23,7 +23,8 @@ from clara_napari.core.errors import ServerError
 from clara_napari.core.operator import RunOptions
 from clara_napari.core.volume import Volume
 from clara_napari.napari._runner import Job, connect, run_job
-from test_security_process import TINY, tiny_app
+
+from helpers.tiny_app import TINY, tiny_app
 
 ENV, APP, NAMED = "env", "app", "named"
 LOCAL, EMBEDDED = "local", "embedded"

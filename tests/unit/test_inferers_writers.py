@@ -9,7 +9,6 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import FunctionModel, oblique_volume
 
 from clara_napari.core.errors import Cancelled, ConfigError
 from clara_napari.core.inferers import (
@@ -30,6 +29,8 @@ from clara_napari.core.writers import (
     ClassificationWriter,
     VolumeWriter,
 )
+
+from helpers import FunctionModel, oblique_volume
 
 RUN = InferenceRun()
 

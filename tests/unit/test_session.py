@@ -7,8 +7,19 @@ import pytest
 
 from clara_napari.core import session
 from clara_napari.core.errors import ServerError
-from clara_napari.core.session import (EMBEDDED, FLEET, FROM_APP, FROM_ENV, LOCAL, NAMED, NONE_NAMED, REMOTE,
-                                       ServerChoice, choose_server, split_servers)
+from clara_napari.core.session import (
+    EMBEDDED,
+    FLEET,
+    FROM_APP,
+    FROM_ENV,
+    LOCAL,
+    NAMED,
+    NONE_NAMED,
+    REMOTE,
+    ServerChoice,
+    choose_server,
+    split_servers,
+)
 
 APP = SimpleNamespace(address="apphost:8123", protocol="HTTP")
 GRPC_APP = SimpleNamespace(address="apphost:8123", protocol="gRPC")
