@@ -23,8 +23,8 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import VolumeError
 
@@ -226,7 +226,7 @@ class Transaction:
         self._names: dict[Path, list[str]] = {}  # an explicit order (``commit``, ``atomic_paths``)
         self._claimed: set[str] = set()
 
-    def __enter__(self) -> "Transaction":
+    def __enter__(self) -> Transaction:
         return self
 
     def __exit__(self, *exc) -> None:

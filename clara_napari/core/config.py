@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 TRAINING_KEYS = {"epochs", "learning_rate", "multi_gpu", "amp", "determinism", "cudnn_benchmark",
                  "dont_load_ckpt_model", "train", "validate", "label_transforms", "val_metrics",
                  "model", "loss", "optimizer", "lr_policy", "image_pipeline", "val_image_pipeline",
-                 "use_amp", "use_gpu", "dont_load_ts_model", "dont_load_ckpt_model", "val_interval", "ckpt_path"}
+                 "use_amp", "use_gpu", "dont_load_ts_model", "val_interval", "ckpt_path"}
 KNOWN_KEYS = {"batch_size", "use_scanning_window", "pre_transforms", "inferer", "model_loader",
               "post_transforms", "writers", "labels", "expectations"}
 #: the formats :func:`detect_format` tells apart

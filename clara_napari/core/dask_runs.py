@@ -20,14 +20,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .apps import App
 from .errors import ClaraNapariError, ConfigError, ServerError
-from .operator import RunOptions, VolumeResult, check_run, list_inputs, run_one
 from .machine_server import machine_server, stop_machine_servers
+from .operator import RunOptions, VolumeResult, check_run, list_inputs, run_one
 from .session import EMBEDDED, ServerChoice, Session, choose_server
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,11 @@ def segment_study(job: StudyJob, source: str) -> dict:
     try:
         session = _worker_session(job)
     except Exception as exc:   # the server or model: this volume fails, the worker lives on
-        message = str(exc) if isinstance(exc, ClaraNapariError) else f"{source}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, ClaraNapariError):
+            message = str(exc)
+        else:
+            log.exception("internal error opening the model session for %s", source)
+            message = f"{source}: {type(exc).__name__}: {exc}"
         return {"ok": False, "message": message, "seconds": time.perf_counter() - start, "outputs": [],
                 "worker": worker, "pid": os.getpid(), "opened": _OPENED[0]}
     result = run_one(job.run_options(), Path(source), session, _progress_events(this, source), None, multi=job.multi)
@@ -325,7 +329,8 @@ def _gather(client, distributed, job: StudyJob, inputs: list[Path], report, time
                 continue
             result = StudyResult(source, False, f"{source}: the Dask worker running it died {attempt} times; "
                                  "given up.", time.perf_counter() - started, attempts=attempt)
-        except Exception as exc:
+        except Exception as exc:   # the task itself failed: this volume's result says so, the others go on
+            log.warning("the Dask task of %s failed", source, exc_info=True)
             result = StudyResult(source, False, f"{source}: the Dask task failed ({type(exc).__name__}: {exc}).",
                                  time.perf_counter() - started, attempts=attempt)
         else:

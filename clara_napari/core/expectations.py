@@ -21,7 +21,7 @@ volume carries them (the DICOM reader keeps every tag in ``Volume.metadata``).
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,7 +36,7 @@ _MET_MODALITIES = {"MET_MOD_CT": "CT", "MET_MOD_MR": "MR", "MET_MOD_NM": "NM", "
 #: at most this many voxels (an even stride through the volume) go into the intensity percentiles
 SAMPLE_VOXELS = 2_000_000
 
-Bound = Optional[float]
+Bound = float | None
 
 
 class LabelVolume(BaseModel):
@@ -156,7 +156,7 @@ def label_volumes_ml(labels, names: dict[int, str]) -> dict[str, float]:
         found = {int(v): int(c) for v, c in enumerate(counts) if v and c}
     else:
         values, counts = np.unique(array, return_counts=True)
-        found = {int(v): int(c) for v, c in zip(values, counts) if v}
+        found = {int(v): int(c) for v, c in zip(values, counts, strict=True) if v}
     volumes = {names.get(value, f"label {value}"): found.get(value, 0) * voxel_ml for value in names}
     for value, count in sorted(found.items()):
         if value not in names:

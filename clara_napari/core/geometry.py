@@ -21,26 +21,26 @@ class Grid:
     direction: tuple[float, ...]
 
     @classmethod
-    def of(cls, volume) -> "Grid":
+    def of(cls, volume) -> Grid:
         return cls(tuple(int(v) for v in volume.size), volume.spacing, volume.origin, volume.direction)
 
     @classmethod
-    def of_sitk(cls, image) -> "Grid":
+    def of_sitk(cls, image) -> Grid:
         return cls(tuple(image.GetSize()), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
-    def with_spacing(self, spacing) -> "Grid":
+    def with_spacing(self, spacing) -> Grid:
         """Same physical extent (origin kept at the first voxel centre), new voxel size."""
         spacing = tuple(float(s) for s in spacing)
-        size = tuple(max(1, int(round(n * old / new))) for n, old, new in zip(self.size, self.spacing, spacing))
+        size = tuple(max(1, int(round(n * old / new))) for n, old, new in zip(self.size, self.spacing, spacing, strict=True))
         return dataclasses.replace(self, size=size, spacing=spacing)
 
-    def with_size(self, size) -> "Grid":
+    def with_size(self, size) -> Grid:
         """Same physical extent, a new number of voxels per axis."""
         size = tuple(int(s) for s in size)
-        spacing = tuple(old * n / new for n, old, new in zip(self.size, self.spacing, size))
+        spacing = tuple(old * n / new for n, old, new in zip(self.size, self.spacing, size, strict=True))
         return dataclasses.replace(self, size=size, spacing=spacing)
 
-    def close_to(self, other: "Grid", tol: float = 1e-4) -> bool:
+    def close_to(self, other: Grid, tol: float = 1e-4) -> bool:
         return (self.size == other.size
                 and np.allclose(self.spacing, other.spacing, rtol=tol, atol=tol)
                 and np.allclose(self.origin, other.origin, rtol=tol, atol=tol)

@@ -104,7 +104,7 @@ def _format(fmt: str, style: str, path: str, file: str) -> None:
             if not field.isidentifier():
                 raise _fail(f"format field {{{field}}} is not a plain record field.", path, file)
     elif style == "$":
-        for _, escaped, named, braced, invalid in string.Template.pattern.findall(fmt):
+        for _, _escaped, named, braced, invalid in string.Template.pattern.findall(fmt):
             name = named or braced
             if invalid or (name and not name.isidentifier()):
                 raise _fail("format fields must be plain record fields ($name).", path, file)
@@ -147,7 +147,7 @@ def _handler(value: Any, path: str, file: str, formatters: dict, logs: Path | No
         raise _fail(f"handler class {cls!r} is not allowed; allowed: {', '.join(HANDLER_CLASSES)}.",
                     f"{path}.class", file)
     extra = HANDLER_CLASSES[cls]
-    _keys(value, {"class", "level", "formatter", *(("stream",) if not extra else extra)}, path, file, "handler")
+    _keys(value, {"class", "level", "formatter", *(extra or ("stream",))}, path, file, "handler")
     out: dict[str, Any] = {"class": cls}
     if "level" in value:
         out["level"] = _level(value["level"], f"{path}.level", file)

@@ -37,7 +37,7 @@ def forget_all() -> None:
         _secrets.clear()
 
 
-def mask(text: object, extra: "list[str] | tuple[str, ...]" = ()) -> str:
+def mask(text: object, extra: list[str] | tuple[str, ...] = ()) -> str:
     """``text`` with URL credentials and remembered (and ``extra``) secret values replaced by ``***``."""
     out = str(text)
     out = _URL_USERINFO.sub(lambda m: m.group("scheme") + MASK + "@", out)
@@ -71,7 +71,7 @@ def describe_header_item(item: str) -> str:
     return f"of {len(item)} characters"
 
 
-def parse_header_items(items: "list[str]", where: str = "header") -> dict[str, str]:
+def parse_header_items(items: list[str], where: str = "header") -> dict[str, str]:
     """``KEY=VALUE`` items → a header dict; the values are remembered as secrets. A malformed item
     raises :class:`~clara_napari.core.errors.ServerError` that never quotes its value."""
     from .errors import ServerError
@@ -81,7 +81,7 @@ def parse_header_items(items: "list[str]", where: str = "header") -> dict[str, s
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             # the whole item, what follows its name, and each long word after the name
-            remember(item.strip(), re.split(r"[:= ]", item.strip(), 1)[-1].strip(),
+            remember(item.strip(), re.split(r"[:= ]", item.strip(), maxsplit=1)[-1].strip(),
                      *(t for t in re.split(r"[\s:=]+", item.strip())[1:] if len(t) >= 8))
             raise ServerError(f"{where} {describe_header_item(item)} is not KEY=VALUE.")
         headers[key.strip()] = value.strip()
@@ -95,7 +95,7 @@ class MaskingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:   # a broken format string: leave it to logging's own error report
+        except (TypeError, ValueError, KeyError, IndexError):   # a broken format string: logging reports it
             return True
         record.msg, record.args = mask(message), None
         if record.exc_info and not record.exc_text:

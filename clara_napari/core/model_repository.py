@@ -75,7 +75,7 @@ class ModelSpec:
         if self.path is None:
             raise ConfigError(f"model {self.name!r} has no repository folder.")
         folder = self.path.parent
-        versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()))
+        versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
         if not versions:
             raise ConfigError(f"{folder}: the model has no version folder (e.g. {folder / '1'}).")
         chosen = int(version) if version not in (None, "", -1) else versions[-1]

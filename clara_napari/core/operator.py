@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .apps import App
 from .atomic import Transaction, remove_stale_partials
 from .errors import Cancelled, ClaraNapariError, ConfigError, OutputError, VolumeError
 from .expectations import format_volumes
 from .output_plan import check_folders, companions, distinct_stems
-from .pipeline import Segmentation, segment_volume
+from .pipeline import Segmentation
 from .progress import CancelToken, Progress
 from .resources import check_run_memory
 from .session import Session
@@ -122,7 +122,7 @@ def plan_run(options: RunOptions, inputs: list[Path]) -> dict[Path, str]:
     compress = [bool(getattr(w, "compress", False)) for w in options.app.config.writers] + [False] * options.dicom_seg
 
     def files_for(stem: str) -> list[Path]:
-        files = [f for target, z in zip(planned_outputs(options, inputs[0], stem), compress)
+        files = [f for target, z in zip(planned_outputs(options, inputs[0], stem), compress, strict=True)
                  for f in companions(target, z)]
         if options.publish is not None and multi:  # the per-volume folder and what goes in it
             from .publish import bundle_names
@@ -204,7 +204,8 @@ def run_one(options: RunOptions, source: Path, session: Session, progress_for, c
         # all of them land or none does (and, without --overwrite, none replaces a file)
         with Transaction(overwrite=options.overwrite, forbid=[source]) as txn:
             written = []
-            for (writer, out), target in zip(segmentation.outputs, targets):
+            # targets: one per writer, then the DICOM SEG's when asked for (written below)
+            for (writer, out), target in zip(segmentation.outputs, targets, strict=False):
                 writer.write(out, txn.path(target), overwrite=True, forbid=[source], app=options.app,
                              model=segmentation.model)
                 written.append(target)

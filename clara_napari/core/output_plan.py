@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .errors import OutputError
 from .volume import safe_stem, volume_stem

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 #: ``progress(done, total)``: windows (or steps) done so far out of ``total``.
 Progress = Callable[[int, int], None]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
@@ -172,7 +173,7 @@ def load_plugins() -> list[str]:
             entry.load()
             loaded.append(entry.value)
         except Exception as exc:  # a broken plugin must not break the built-in components
-            log.warning("clara-napari plugin %s (%s) failed to load: %s", entry.name, entry.value, exc)
+            log.warning("clara-napari plugin %s (%s) failed to load: %s", entry.name, entry.value, exc, exc_info=True)
     return loaded
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from .errors import ResourceError
 from .volume_headers import VolumeHeader
@@ -138,7 +138,7 @@ def estimate_run_memory(header: VolumeHeader, config, *, out_channels: int | Non
         multiple = getattr(config.inferer, "pad_to_multiple", 1)
         roi = [math.ceil(s / multiple) * multiple for s in grid.size]
     if roi is not None:
-        padded = math.prod(max(s, r) for s, r in zip(grid.size, roi))
+        padded = math.prod(max(s, r) for s, r in zip(grid.size, roi, strict=True))
         in_flight = getattr(config.inferer, "requests_in_flight", 1) if config.scanning else 1
         # each batch in flight: the request and the response, each held twice (array + wire copy), plus
         # as much again for the model's own working memory; and the blending weights
@@ -179,7 +179,7 @@ def check_run_memory(header: VolumeHeader, config, model=None) -> MemoryEstimate
 def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
     """How many windows :func:`~clara_napari.core.windows.plan_windows` places, without placing them."""
     count = 1
-    for size, r in zip(shape, roi):
+    for size, r in zip(shape, roi, strict=True):
         padded = max(int(size), int(r))
         if padded > r:
             step = max(1.0, r * (1.0 - overlap))
@@ -203,7 +203,7 @@ def check_inference(where: str, shape: Sequence[int], roi: Sequence[int], overla
     """Refuse a window plan with too many windows, or whose accumulator and windows do not fit."""
     check_window_count(where, shape, roi, overlap)
     out_channels = out_channels or 2
-    padded = math.prod(max(int(s), int(r)) for s, r in zip(shape, roi))
+    padded = math.prod(max(int(s), int(r)) for s, r in zip(shape, roi, strict=True))
     need = (input_bytes + out_channels * padded * F32
             + in_flight * batch_size * (in_channels + out_channels) * math.prod(roi) * F32 * 2)
     available = available_memory()

@@ -29,9 +29,9 @@ from .errors import ServerError
 if TYPE_CHECKING:
     from .apps import App
     from .backends.base import ModelHandle
-    from .triton.address import Address
     from .config import InferenceConfig
     from .pipeline import Segmentation
+    from .triton.address import Address
     from .volume import Volume
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,14 @@ import functools
 import itertools
 import math
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import numpy as np
 
-from .interrupts import block_stop_signals, wait_result
 from .errors import Cancelled, ConfigError, ModelMismatchError
+from .interrupts import block_stop_signals, wait_result
 from .progress import CancelToken, Progress
 
 Blending = Literal["constant", "gaussian"]
@@ -44,14 +45,14 @@ class WindowPlan:
 
     @property
     def padded_shape(self) -> tuple[int, ...]:
-        return tuple(s + a + b for s, (a, b) in zip(self.shape, self.pad))
+        return tuple(s + a + b for s, (a, b) in zip(self.shape, self.pad, strict=True))
 
     def __len__(self) -> int:
         return math.prod(len(s) for s in self.starts)
 
     def windows(self) -> Iterator[tuple[slice, ...]]:
         for corner in itertools.product(*self.starts):
-            yield tuple(slice(c, c + r) for c, r in zip(corner, self.roi))
+            yield tuple(slice(c, c + r) for c, r in zip(corner, self.roi, strict=True))
 
 
 def axis_starts(size: int, roi: int, overlap: float) -> tuple[int, ...]:
@@ -69,9 +70,9 @@ def plan_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> Wi
         raise ConfigError(f"the window size {list(roi)} must have {len(shape)} positive sizes.")
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"the window overlap {overlap} must be in [0, 1).")
-    pad = tuple(((r - s) // 2, r - s - (r - s) // 2) if s < r else (0, 0) for s, r in zip(shape, roi))
-    padded = tuple(s + a + b for s, (a, b) in zip(shape, pad))
-    return WindowPlan(shape, roi, pad, tuple(axis_starts(p, r, overlap) for p, r in zip(padded, roi)))
+    pad = tuple(((r - s) // 2, r - s - (r - s) // 2) if s < r else (0, 0) for s, r in zip(shape, roi, strict=True))
+    padded = tuple(s + a + b for s, (a, b) in zip(shape, pad, strict=True))
+    return WindowPlan(shape, roi, pad, tuple(axis_starts(p, r, overlap) for p, r in zip(padded, roi, strict=True)))
 
 
 def importance_map(roi: Sequence[int], blending: Blending, sigma_scale: float = 0.125) -> np.ndarray:
@@ -196,7 +197,7 @@ def sliding_window(
         if output is None:
             output = np.empty((result.shape[1],) + plan.padded_shape, dtype=np.float32)
             output.fill(0.0)   # not np.zeros: calloc memory faults in page by page, numpy can give this huge pages
-        for window, prediction in zip(chunk, result):
+        for window, prediction in zip(chunk, result, strict=True):
             _add_weighted(output[(slice(None),) + window], prediction, weights_window, scratch, unit)
         done += len(chunk)
         progress(done, total)
@@ -232,13 +233,13 @@ def sliding_window(
             pool.shutdown(wait=finished, cancel_futures=True)
     assert output is not None
     _normalise(output, plan, weights_window)
-    crop = tuple(slice(a, a + s) for (a, _), s in zip(plan.pad, plan.shape))
+    crop = tuple(slice(a, a + s) for (a, _), s in zip(plan.pad, plan.shape, strict=True))
     return output[(slice(None),) + crop] if any(a or b for a, b in plan.pad) else output
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     """Every subset of ``axes`` (the empty one first): the mirrorings test-time augmentation predicts."""
-    axes = tuple(sorted(set(int(a) for a in axes)))
+    axes = tuple(sorted({int(a) for a in axes}))
     return [combo for k in range(len(axes) + 1) for combo in itertools.combinations(axes, k)]
 
 
@@ -279,15 +280,15 @@ def _extract(image: np.ndarray, plan: WindowPlan, chunk: Sequence[tuple[slice, .
     (without ever holding a padded copy of the whole image).
     """
     batch = np.empty((len(chunk), image.shape[0]) + plan.roi, dtype=image.dtype)
-    for item, window in zip(batch, chunk):
+    for item, window in zip(batch, chunk, strict=True):
         source = tuple(slice(max(w.start - a, 0), min(w.stop - a, size))
-                       for w, (a, _), size in zip(window, plan.pad, plan.shape))
-        if all(s.stop - s.start == r for s, r in zip(source, plan.roi)):
+                       for w, (a, _), size in zip(window, plan.pad, plan.shape, strict=True))
+        if all(s.stop - s.start == r for s, r in zip(source, plan.roi, strict=True)):
             item[...] = image[(slice(None),) + source]
         else:
             item.fill(pad_value)
             target = tuple(slice(s.start + a - w.start, s.stop + a - w.start)
-                           for s, w, (a, _) in zip(source, window, plan.pad))
+                           for s, w, (a, _) in zip(source, window, plan.pad, strict=True))
             item[(slice(None),) + target] = image[(slice(None),) + source]
     return batch
 

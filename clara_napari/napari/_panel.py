@@ -8,8 +8,9 @@ import io
 import math
 import socket
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def check_reachable(address: Address | str, timeout_s: float = CONNECT_TIMEOUT_S
     except ConnectionRefusedError:
         raise ServerError(f"Triton at {parsed}: connection refused, no server listens on {parsed.url}; start the "
                           "server or check the address and port.") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise ServerError(f"Triton at {parsed}: no answer within {timeout_s:g} s; check the address and the "
                           "network.") from None
     except OSError as exc:
@@ -92,7 +93,7 @@ def measure(labels: np.ndarray, spacing: Sequence[float], names: dict[int, str] 
                                f"{list(labels.shape)}; choose a reference labels layer on the image's grid.")
     voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
     values, counts = np.unique(labels, return_counts=True)
-    found = {int(v): int(c) for v, c in zip(values, counts) if v != 0}
+    found = {int(v): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
     rows = []
     for value in sorted(set(found) | {int(v) for v in names if int(v) != 0}):
         voxels = found.get(value, 0)

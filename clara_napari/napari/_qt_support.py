@@ -11,7 +11,6 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-
 log = logging.getLogger(__name__)
 
 

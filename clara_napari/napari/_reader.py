@@ -7,8 +7,9 @@ physical geometry (see :mod:`._geometry`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.errors import ClaraNapariError
 from ..core.volume import VOLUME_SUFFIXES, Volume, looks_like_dicom_folder, read_volume

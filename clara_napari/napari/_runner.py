@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from ..core.apps import App
-from ..core.triton.address import parse_address
 from ..core.config import InferenceConfig
 from ..core.errors import Cancelled
 from ..core.masking import parse_header_items
 from ..core.pipeline import Segmentation
 from ..core.progress import CancelToken
 from ..core.session import EMBEDDED, FLEET, LOCAL, ServerChoice, Session, choose_server, open_backend
+from ..core.triton.address import parse_address
 from ..core.volume import Volume
 from ._panel import check_reachable
 from ._servers import SERVERS, ServerPool
@@ -144,5 +144,5 @@ def run_job(job: Job) -> Outcome:
         return Outcome(segmentation=segmentation, server=info, prepared=prepared)
     except Cancelled:
         return Outcome(server=info, cancelled=True)
-    except Exception as exc:  # handed to the GUI thread, shown as a notification
+    except Exception as exc:  # noqa: BLE001 - handed to the GUI thread, shown there as a notification
         return Outcome(server=info, error=exc)

@@ -28,8 +28,8 @@ from qtpy.QtWidgets import QApplication
 from ..core.apps import App, list_apps
 from ..core.errors import ClaraNapariError
 from ..core.session import choose_server
-from ._panel import AUTO
 from ._labels import label_colormap
+from ._panel import AUTO
 from ._panel_model import (
     CONFIG_FILE,
     Overrides,

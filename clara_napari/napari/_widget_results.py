@@ -19,6 +19,7 @@ from ..core.apps import App
 from ..core.errors import ClaraNapariError
 from ..core.pipeline import Segmentation
 from ._geometry import KEY
+from ._labels import label_colormap
 from ._panel import REPLACE, result_name, table_columns, to_csv
 from ._panel_export import export_folder, plan_export, write_export
 from ._panel_model import (
@@ -28,7 +29,6 @@ from ._panel_model import (
     prepare_result,
     server_line,
 )
-from ._labels import label_colormap
 from ._qt_support import alive
 
 

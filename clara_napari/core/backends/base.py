@@ -1,7 +1,8 @@
 """What every backend gives the engine: a model handle that predicts batches."""
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def pick_tensor(tensors: Sequence[TensorSpec], name: str, kind: str, where: str)
 def check_input_shape(spec: ModelSpec, tensor: TensorSpec, shape: Sequence[int], where: str) -> None:
     """Refuse a per-item input shape (no batch axis) that the model's dims do not admit."""
     dims = tensor.dims
-    if len(dims) != len(shape) or any(d != -1 and d != s for d, s in zip(dims, shape)):
+    if len(dims) != len(shape) or any(d != -1 and d != s for d, s in zip(dims, shape, strict=True)):
         raise ModelMismatchError(
             f"{where}: model {spec.name!r} input {tensor.name!r} takes {list(dims)} per item, this app sends "
             f"{list(shape)} (channels, then the window size in x, y, z).")

@@ -15,7 +15,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class FleetBackend:
     def description(self) -> str:
         return f"Triton fleet of {len(self.backends)} ({', '.join(self.servers)})"
 
-    def open(self, repository, model_name: str, **kwargs) -> "FleetModel":
+    def open(self, repository, model_name: str, **kwargs) -> FleetModel:
         models: list[TritonModel] = []
         try:
             for backend in self.backends:
@@ -103,7 +104,7 @@ class FleetModel:
         self.max_batch_size = first.max_batch_size
         #: requests in flight for the whole fleet: the engine keeps this many batches running
         self.requests_in_flight = sum(max(1, m.in_flight) for m in self.models)
-        self._tickets: "queue.Queue[int]" = queue.Queue()
+        self._tickets: queue.Queue[int] = queue.Queue()
         for index, model in enumerate(self.models):
             for _ in range(max(1, model.in_flight)):
                 self._tickets.put(index)

@@ -105,7 +105,7 @@ class Pacs:
         try:
             found = self.client().search_for_series(study_instance_uid=study, get_remaining=True)
         except Exception as exc:
-            raise self._fail(exc, f"searching study {study}") from None
+            raise self._fail(exc, f"searching study {study}") from exc
         rows = []
         for item in found or []:
             uid = _value(item, "0020000E")
@@ -135,7 +135,7 @@ class Pacs:
             found = self.client().search_for_instances(study_instance_uid=study, series_instance_uid=series,
                                                        get_remaining=True)
         except Exception as exc:
-            raise self._fail(exc, f"listing the instances of series {series}") from None
+            raise self._fail(exc, f"listing the instances of series {series}") from exc
         uids = {_value(item, "00080018") for item in found or []} - {None}
         if len(uids) > MAX_INSTANCES:
             raise PacsError(f"PACS {self.name}: series {series} has {len(uids)} instances, more than the "
@@ -175,7 +175,7 @@ class Pacs:
         except PacsError:
             raise
         except Exception as exc:
-            raise self._fail(exc, f"retrieving series {series}") from None
+            raise self._fail(exc, f"retrieving series {series}") from exc
         if seen != expected:
             raise PacsError(f"PACS {self.name}: retrieved {len(seen)} of the {len(expected)} instances of series "
                             f"{series}; the retrieve is incomplete.")
@@ -193,7 +193,7 @@ class Pacs:
         try:
             answer = self.client().store_instances([ds], study_instance_uid=study)
         except Exception as exc:
-            raise self._fail(exc, f"storing {path.name}") from None
+            raise self._fail(exc, f"storing {path.name}") from exc
         failed = getattr(answer, "FailedSOPSequence", None) if answer is not None else None
         if failed:
             reason = getattr(failed[0], "FailureReason", "?")

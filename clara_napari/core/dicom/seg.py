@@ -165,7 +165,7 @@ def read_seg(path: Path | str, reference: Volume | None = None) -> SegData:
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise DicomError(f"{path}: not a readable DICOM file ({type(exc).__name__}).") from None
+        raise DicomError(f"{path}: not a readable DICOM file ({type(exc).__name__}).") from exc
     if str(getattr(ds, "SOPClassUID", "")) != SEGMENTATION_STORAGE:
         raise DicomError(f"{path}: not a DICOM SEG (SOP class {getattr(ds, 'SOPClassUID', 'missing')}).")
     try:
@@ -236,7 +236,7 @@ def read_seg(path: Path | str, reference: Volume | None = None) -> SegData:
         grid = None
     out = np.zeros((depth, rows, cols), dtype=np.uint8 if len(segments) < 256 else np.uint16)
     inverse = np.linalg.inv(direction * spacing)
-    for frame, (position, number) in enumerate(zip(positions, numbers)):
+    for frame, (position, number) in enumerate(zip(positions, numbers, strict=True)):
         index = inverse @ (position - origin)
         k = int(round(index[2]))
         if abs(index[2] - k) > 0.01 or np.abs(index[:2]).max() > 0.01 or not 0 <= k < depth:
@@ -260,5 +260,6 @@ def is_seg_file(path: Path | str) -> bool:
             return False
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
         return str(getattr(ds, "SOPClassUID", "")) == SEGMENTATION_STORAGE
-    except Exception:
+    except Exception:   # pydicom raises many types for files that are not DICOM: then it is no SEG
+        log.debug("%s: not read as DICOM", path, exc_info=True)
         return False

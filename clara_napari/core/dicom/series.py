@@ -68,7 +68,7 @@ def source_datasets(volume: Volume) -> list:
         try:
             datasets.append(pydicom.dcmread(file, stop_before_pixels=True))
         except Exception as exc:  # pydicom raises many types for hostile files
-            raise DicomError(f"{file}: cannot read the DICOM header ({type(exc).__name__}).") from None
+            raise DicomError(f"{file}: cannot read the DICOM header ({type(exc).__name__}).") from exc
     check_on_grid(volume, datasets, folder)
     return datasets
 

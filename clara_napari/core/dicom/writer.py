@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..writers import WRITERS, Writer
 from ..errors import DicomError
 from ..label_table import LabelTable
 from ..transforms.spatial import Dtype
 from ..volume import Volume
+from ..writers import WRITERS, Writer
 from .codes import segment_infos
 from .seg import SEG_SUFFIX, write_seg
 from .series import is_dicom_series
@@ -35,7 +35,7 @@ def require_dicom_source(source: Path | str | None, option: str = "--dicom-seg")
                          "instances); this input is not one.")
 
 
-def write_app_seg(labels: Volume, app: "App | None", path: Path | str, *, model: str = "", fractional: bool = False,
+def write_app_seg(labels: Volume, app: App | None, path: Path | str, *, model: str = "", fractional: bool = False,
                   overwrite: bool = True) -> Path:
     """Write ``labels`` (read from a DICOM series) as ``path``, one segment per label of ``app``."""
     require_dicom_source(labels.path)
@@ -67,6 +67,6 @@ class DicomSegWriter(Writer):
     def target(self, folder: Path, stem: str, index: int) -> Path:
         return Path(self.write_path or folder) / f"{stem}{SEG_SUFFIX}"
 
-    def write(self, value, path: Path, *, forbid=(), overwrite: bool = True, app: "App | None" = None,
+    def write(self, value, path: Path, *, forbid=(), overwrite: bool = True, app: App | None = None,
               model: str = "") -> Path:
         return write_app_seg(value, app, path, model=model, fractional=self.fractional, overwrite=overwrite)

@@ -23,8 +23,9 @@ import importlib.util
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def default_threads(threads: int | None) -> int:
     return int(threads) if threads and threads > 0 else (os.cpu_count() or 1)
 
 
-_CACHE: "OrderedDict[tuple, Engine]" = OrderedDict()
+_CACHE: OrderedDict[tuple, Engine] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 4
 

@@ -1,8 +1,8 @@
 """onnxruntime on the CPU: ONNX files (the fallback when OpenVINO is missing, or on request)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class OnnxRuntimeEngine:
         try:
             self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ConfigError(f"{model_file}: onnxruntime cannot load the model ({first_line(exc)}).") from None
+            raise ConfigError(f"{model_file}: onnxruntime cannot load the model ({first_line(exc)}).") from exc
         self.model_file = Path(model_file)
         self.threads = threads
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -44,4 +44,4 @@ class OnnxRuntimeEngine:
             return self.session.run(list(outputs), {k: np.ascontiguousarray(v) for k, v in inputs.items()})
         except Exception as exc:  # e.g. a window size the network cannot take
             raise ModelMismatchError(f"{self.model_file}: onnxruntime cannot run the model on input shapes "
-                                     f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from None
+                                     f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from exc

@@ -13,8 +13,8 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -117,7 +117,7 @@ class OpenVinoEngine:
         except Exception as exc:  # OpenVINO raises RuntimeError with a long report
             from ..errors import first_line
 
-            raise ConfigError(f"{model_file}: OpenVINO cannot load the model ({first_line(exc)}).") from None
+            raise ConfigError(f"{model_file}: OpenVINO cannot load the model ({first_line(exc)}).") from exc
         self.model_file = model_file
         self.threads = threads
         self._ports = {}
@@ -161,7 +161,7 @@ class OpenVinoEngine:
                 from ..errors import first_line
 
                 raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "
-                                         f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from None
+                                         f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from exc
             # the request reuses its output buffers on the next call: hand out copies unless told
             results = [np.array(request.get_tensor(self._ports[("out", name)]).data, copy=copy) for name in outputs]
         if any(r.size == 0 for r in results) and all(a.size for a in inputs.values()):

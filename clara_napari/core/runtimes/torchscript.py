@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class TorchScriptEngine:
         try:
             self.module = torch.jit.load(str(model_file), map_location="cpu").eval()
         except Exception as exc:  # torch raises RuntimeError and friends
-            raise ConfigError(f"{model_file}: torch cannot load the TorchScript model ({first_line(exc)}).") from None
+            raise ConfigError(f"{model_file}: torch cannot load the TorchScript model ({first_line(exc)}).") from exc
         self.torch = torch
         self.model_file = Path(model_file)
         self.threads = threads
@@ -56,7 +56,7 @@ class TorchScriptEngine:
     def has_output(self, name: str) -> bool:
         return True
 
-    def bind(self, input_names: Sequence[str], output_names: Sequence[str]) -> "TorchScriptEngine":
+    def bind(self, input_names: Sequence[str], output_names: Sequence[str]) -> TorchScriptEngine:
         """The config's tensor names (their order gives the positions)."""
         self.input_names, self.output_names = list(input_names), list(output_names)
         return self
@@ -75,7 +75,7 @@ class TorchScriptEngine:
                 result = self.module(*args)
         except Exception as exc:  # e.g. a window size the network cannot take
             raise ModelMismatchError(f"{self.model_file}: torch cannot run the model on input shapes "
-                                     f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from None
+                                     f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from exc
         results = list(result) if isinstance(result, (tuple, list)) else [result]
         picked = []
         for name in outputs:

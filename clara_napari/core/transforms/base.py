@@ -16,17 +16,7 @@ from ..geometry import Grid
 from ..registry import Component, Registry
 
 #: Names from Clara Train 3 that only make sense while training: skipped at inference.
-TRAINING_ONLY = {
-    name: "it is a training-time augmentation or crop and has no meaning at inference"
-    for name in (
-        "RandomZoom", "RandomAxisFlip", "RandomSpatialFlip", "RandomRotate2D", "RandomRotate3D",
-        "AddGaussianNoise", "ScaleIntensityOscillation", "RandomGaussianSmooth", "RandomMRBiasField",
-        "CropFixedSizeRandomCenter", "CropByPosNegRatio", "FastCropByPosNegRatio",
-        "CropRandomSizeWithDisplacement", "CropForegroundObject", "FastPosNegRatioCropROI",
-        "CropSubVolumePosNegRatioCtrlEpoch", "RandomCropSubVolume", "NPRandomFlip3D", "NPRandomZoom3D",
-        "AdjustContrast", "RandomBrightness", "RandomContrast", "RandomShift",
-    )
-}
+TRAINING_ONLY = dict.fromkeys(("RandomZoom", "RandomAxisFlip", "RandomSpatialFlip", "RandomRotate2D", "RandomRotate3D", "AddGaussianNoise", "ScaleIntensityOscillation", "RandomGaussianSmooth", "RandomMRBiasField", "CropFixedSizeRandomCenter", "CropByPosNegRatio", "FastCropByPosNegRatio", "CropRandomSizeWithDisplacement", "CropForegroundObject", "FastPosNegRatioCropROI", "CropSubVolumePosNegRatioCtrlEpoch", "RandomCropSubVolume", "NPRandomFlip3D", "NPRandomZoom3D", "AdjustContrast", "RandomBrightness", "RandomContrast", "RandomShift"), "it is a training-time augmentation or crop and has no meaning at inference")
 
 TRANSFORMS = Registry("transform", skipped=TRAINING_ONLY)
 
@@ -40,7 +30,7 @@ class FieldMeta:
     #: the grid the data were loaded on, before any resampling or reorientation
     original: Grid | None = None
 
-    def copy(self, **changes: Any) -> "FieldMeta":
+    def copy(self, **changes: Any) -> FieldMeta:
         return dataclasses.replace(self, **changes)
 
 

@@ -235,7 +235,7 @@ def _cropped(grid: Grid, lo: list[int], hi: list[int]) -> Grid:
     direction = np.asarray(grid.direction, dtype=float).reshape(3, 3)
     offset = direction @ (np.asarray(lo, dtype=float) * np.asarray(grid.spacing, dtype=float))
     origin = tuple(float(o) for o in np.asarray(grid.origin, dtype=float) + offset)
-    return Grid(tuple(int(b - a) for a, b in zip(lo, hi)), grid.spacing, origin, grid.direction)
+    return Grid(tuple(int(b - a) for a, b in zip(lo, hi, strict=True)), grid.spacing, origin, grid.direction)
 
 
 @TRANSFORMS.register("ToTensord", "EnsureTyped", "ToNumpyd")

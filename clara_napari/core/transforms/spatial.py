@@ -126,7 +126,7 @@ class ScaleByFactor(Resampling):
     def target(self, grid: Grid) -> Grid:
         factors = [self.scale_factor] * 3 if isinstance(self.scale_factor, (int, float)) else self.scale_factor
         factors = factors * 3 if len(factors) == 1 else factors
-        return grid.with_size([max(1, round(n * f)) for n, f in zip(grid.size, factors)])
+        return grid.with_size([max(1, round(n * f)) for n, f in zip(grid.size, factors, strict=True)])
 
 
 @TRANSFORMS.register("ScaleToShape")

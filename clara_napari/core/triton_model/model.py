@@ -50,9 +50,9 @@ class TritonPythonModel:
                 # inputs are read in place from the shared-memory slot; outputs are copied once, into the response
                 results = self.engine.run(feed, self.outputs, copy=False)
                 tensors = [pb_utils.Tensor(name, np.ascontiguousarray(result, dtype=self.dtypes[name]))
-                           for name, result in zip(self.outputs, results)]
+                           for name, result in zip(self.outputs, results, strict=True)]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            except Exception as exc:  # report to the client instead of killing the stub
+            except Exception as exc:  # noqa: BLE001 - the server answers every request: the error goes to the client
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
         return responses
 
