@@ -189,6 +189,11 @@ def _distributed():
     return distributed
 
 
+def check_workers(workers: int) -> None:
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: give at least one worker.")
+
+
 def local_cluster(workers: int):
     """A LocalCluster of ``workers`` single-threaded processes on loopback, no dashboard, where a
     task is sent to a worker only when it is free and a task whose worker died is not retried
@@ -196,8 +201,7 @@ def local_cluster(workers: int):
     import dask
 
     distributed = _distributed()
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: give at least one worker.")
+    check_workers(workers)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0,
                           "distributed.scheduler.worker-saturation": 1.0}):
         return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -227,6 +231,8 @@ def run_on_dask(options: RunOptions, *, workers: int | None = None, scheduler: s
     if (workers is None) == (scheduler is None):
         raise ConfigError("give either --workers N (a local Dask cluster) or --scheduler ADDRESS, not both.")
     distributed = _distributed()
+    if workers is not None:
+        check_workers(workers)
     check_run(options)
     inputs = list_inputs(options.input, options.first_only)
     embedded = None
