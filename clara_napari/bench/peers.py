@@ -23,12 +23,11 @@ class MonaiRunner(Runner):
             from monai.inferers import sliding_window_inference
         except ImportError as exc:
             raise Skip(f"not installed ({exc.name}); pip install -e '.[bench]'") from None
-        from ..core.backends.local import LocalBackend
+        from .runners import open_model
 
         torch.set_num_threads(self.job.threads)
         self.torch, self.swi = torch, sliding_window_inference
-        self.model = LocalBackend(threads=self.job.threads, runtime=self.job.runtime or None).open(
-            self.job.repository, self.job.model_name)
+        self.model = open_model(self.job)
         self.model.predict(self.window())
         self.note = (f"MONAI {monai.__version__}, torch {torch.__version__.split('+')[0]} "
                      f"({torch.get_num_threads()} threads), {self.model.description}, {self._same_windows()}")

@@ -48,10 +48,9 @@ def end_to_end(workload: Workload, runner: Runner, job: Job) -> dict | None:
         return None
     model = getattr(runner, "model", None)
     if isinstance(runner, TorchRunner):
-        from ..core.backends.local import LocalBackend
+        from .runners import open_model
 
-        model = LocalBackend(threads=job.threads, runtime="torch").open(sample_data_dir() / TORCHSCRIPT,
-                                                                           job.model_name)
+        model = open_model(job, runtime="torch", repository=sample_data_dir() / TORCHSCRIPT)
     if model is None or not hasattr(model, "spec"):
         return None
     app = resolve_app(workload.app)

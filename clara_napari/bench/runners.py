@@ -10,6 +10,18 @@ import numpy as np
 from .plan import Job, ServerInfo, Skip
 
 
+def open_model(job: Job, server: str = "local", *, runtime: str | None = None, repository=None,
+               model_name: str | None = None, **transport):
+    """The bench's models are opened where :func:`clara_napari.core.session.choose_server` sends
+    ``server`` (``local``: a runtime in this process; a URL: that Triton), as for every entry point.
+    The backend holds nothing a local or remote model needs after opening, so it is not kept."""
+    from ..core.session import choose_server, open_backend
+
+    backend = open_backend(choose_server(server), threads=job.threads, runtime=runtime or job.runtime or None,
+                           transport=transport)
+    return backend.open(repository or job.repository, model_name or job.model_name)
+
+
 class Runner:
     """One variant: ``setup`` (open, one warm-up window), ``run`` (the whole job, timed), ``close``."""
 
@@ -123,9 +135,6 @@ class LocalRunner(EngineRunner):
     name = "local"
 
     def predictor(self):
-        from ..core.backends.local import LocalBackend
-
-        model = LocalBackend(threads=self.job.threads, runtime=self.job.runtime or None).open(
-            self.job.repository, self.job.model_name)
+        model = open_model(self.job)
         self.note = f"{model.description}, {self.job.in_flight} in flight"
         return model
