@@ -213,8 +213,8 @@ class Session:
     @property
     def description(self) -> str:
         if self.model is not None:
-            backend = self.backend.description if self.backend is not None else ""
-            return str(getattr(self.model, "description", "") or backend)
+            backend = self.backend
+            return str(getattr(self.model, "description", "") or (backend.description if backend is not None else ""))
         return self._resolved()[1].describe()
 
     def open(self) -> Session:
