@@ -95,7 +95,10 @@ def _roll_forward(staging: Path) -> list[Path]:
         moves, overwrite = data["moves"], data["overwrite"] is True
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    pid = _STAGING_RE.match(staging.name).group(1)
+    own = _STAGING_RE.match(staging.name)
+    if own is None:  # not a staging folder (callers pass only _stale_entries' ones): nothing to finish
+        return []
+    pid = own.group(1)
     done = []
     for item in moves if isinstance(moves, list) else []:
         try:

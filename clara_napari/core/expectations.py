@@ -214,7 +214,7 @@ def _ml(value: float) -> str:
 
 def _interval(lo: Bound, hi: Bound) -> str:
     if lo is None:
-        return f"at most {_number(hi)}"
+        return f"at most {_number(hi)}" if hi is not None else "any value"
     if hi is None:
         return f"at least {_number(lo)}"
     return f"{_number(lo)} to {_number(hi)}"

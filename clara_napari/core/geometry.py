@@ -11,6 +11,18 @@ import dataclasses
 import numpy as np
 
 
+def int_xyz(values) -> tuple[int, int, int]:
+    """Three values (x, y, z) as ints: a grid's size."""
+    x, y, z = (int(v) for v in values)
+    return x, y, z
+
+
+def float_xyz(values) -> tuple[float, float, float]:
+    """Three values (x, y, z) as floats: a grid's spacing or origin."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """Size, spacing, origin and direction (SimpleITK conventions) of a voxel grid."""
@@ -22,7 +34,7 @@ class Grid:
 
     @classmethod
     def of(cls, volume) -> Grid:
-        return cls(tuple(int(v) for v in volume.size), volume.spacing, volume.origin, volume.direction)
+        return cls(int_xyz(volume.size), volume.spacing, volume.origin, volume.direction)
 
     @classmethod
     def of_sitk(cls, image) -> Grid:
@@ -31,7 +43,7 @@ class Grid:
     def with_spacing(self, spacing) -> Grid:
         """Same physical extent (origin kept at the first voxel centre), new voxel size."""
         spacing = tuple(float(s) for s in spacing)
-        size = tuple(max(1, int(round(n * old / new))) for n, old, new in zip(self.size, self.spacing, spacing, strict=True))
+        size = int_xyz(max(1, int(round(n * old / new))) for n, old, new in zip(self.size, self.spacing, spacing, strict=True))
         return dataclasses.replace(self, size=size, spacing=spacing)
 
     def with_size(self, size) -> Grid:

@@ -86,7 +86,7 @@ def planned_outputs(options: RunOptions, source: Path, stem: str | None = None) 
     targets = []
     for i, writer in enumerate(config.writers):
         target = writer.target(output, stem, i)
-        if not target.is_absolute() and getattr(writer, "write_path", ""):
+        if not target.is_absolute() and bool(getattr(writer, "write_path", "")):
             target = output / target
         if root not in target.resolve().parents:
             raise OutputError(f"{options.app.config_path}: writers[{i}].args.write_path leads to {target.parent}, "

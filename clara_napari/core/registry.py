@@ -11,12 +11,15 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
 from .errors import ConfigError, ConfigProblems
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 log = logging.getLogger(__name__)
 C = TypeVar("C", bound="Component")
@@ -75,7 +78,7 @@ class Registry:
     def get(self, name: str) -> type[Component]:
         return self._classes[name]
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
         return name in self._classes
 
     def build(self, spec: Any, path: str, file: str = "") -> Component | None:
@@ -188,7 +191,7 @@ def _config_errors(exc: pydantic.ValidationError, cls: type[BaseModel], path: st
     return errors
 
 
-def _config_error(err: dict, cls: type[BaseModel], path: str, file: str) -> ConfigError:
+def _config_error(err: ErrorDetails, cls: type[BaseModel], path: str, file: str) -> ConfigError:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
     where = f"{path}{loc}"
     if err["type"] == "extra_forbidden":

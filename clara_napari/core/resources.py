@@ -45,7 +45,7 @@ class MemoryEstimate:
 
     @property
     def peak_stage(self) -> str:
-        return max(self.stages, key=self.stages.get) if self.stages else ""
+        return max(self.stages, key=lambda stage: self.stages[stage]) if self.stages else ""
 
 
 def available_memory() -> int | None:
@@ -101,11 +101,11 @@ def inference_grid_size(header: VolumeHeader, config) -> tuple[int, int, int]:
     from .geometry import Grid
     from .transforms.spatial import Resampling
 
-    grid = Grid(tuple(header.size), header.spacing, header.origin, header.direction)
+    grid = Grid(header.size, header.spacing, header.origin, header.direction)
     for transform in config.pre_transforms:
         if isinstance(transform, Resampling):
             grid = transform.target(grid)
-    return tuple(grid.size)
+    return grid.size
 
 
 def estimate_run_memory(header: VolumeHeader, config, *, out_channels: int | None = None,
@@ -117,7 +117,7 @@ def estimate_run_memory(header: VolumeHeader, config, *, out_channels: int | Non
     source = header.voxels * header.voxel_bytes
     out_channels = out_channels or max(2, len(config.labels) + 1)
     stages: dict[str, int] = {"read": 2 * source}            # SimpleITK's image + the numpy copy
-    grid = Grid(tuple(header.size), header.spacing, header.origin, header.direction)
+    grid = Grid(header.size, header.spacing, header.origin, header.direction)
     current = header.voxels * in_channels * F32               # the float32 working copy
     stages["load"] = source + current + header.voxels * header.voxel_bytes   # cast + reorientation copy
     for index, transform in enumerate(config.pre_transforms):

@@ -39,7 +39,7 @@ def serve_options(host: str, *, tls_cert: str | None = None, tls_key: str | None
     for name, value in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca)):
         if value and not Path(value).is_file():
             raise ServerError(f"serve: {name} {value}: no such file.")
-    if tls_cert:
+    if tls_cert and tls_key:   # both or neither (checked above)
         options["grpc_tls"] = {"cert": str(Path(tls_cert).resolve()), "key": str(Path(tls_key).resolve())}
         if tls_ca:
             options["grpc_tls"]["root"] = str(Path(tls_ca).resolve())

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import ServerError
+from .errors import ServerError, UsageError
 
 if TYPE_CHECKING:
     from .apps import App
@@ -126,7 +126,8 @@ def _embedded_missing() -> str | None:
 class Backend(Protocol):
     """What every backend gives an entry point: models to open and a listing of what it serves."""
 
-    description: str
+    @property
+    def description(self) -> str: ...
 
     def open(self, repository: Path, model_name: str, *, input_name: str = "", output_name: str = "",
              version: str = "", inferer: Any = None, model_loader: Any = None) -> ModelHandle: ...
@@ -203,20 +204,27 @@ class Session:
             self.choice = choose_server(self.server, inferer=self.config.inferer,
                                         protocol=self.transport.get("protocol"))
 
+    def _resolved(self) -> tuple[InferenceConfig, ServerChoice]:
+        """The config and the server choice :meth:`__post_init__` set (None only if a caller cleared one)."""
+        if self.config is None or self.choice is None:
+            raise UsageError("Session: its config and server choice are set when it is made; do not set them to None.")
+        return self.config, self.choice
+
     @property
     def description(self) -> str:
         if self.model is not None:
-            return str(getattr(self.model, "description", "") or self.backend.description)
-        return self.choice.describe()
+            backend = self.backend
+            return str(getattr(self.model, "description", "") or (backend.description if backend is not None else ""))
+        return self._resolved()[1].describe()
 
     def open(self) -> Session:
         """Start or reach the server and open the app's model (checked against its loader's config)."""
         if self.model is not None:
             return self
-        config = self.config
+        config, choice = self._resolved()
         config.require_model()
-        log.info("server: %s", self.choice.describe())
-        self.backend = open_backend(self.choice, threads=self.threads, runtime=self.runtime,
+        log.info("server: %s", choice.describe())
+        self.backend = open_backend(choice, threads=self.threads, runtime=self.runtime,
                                     repository=self.app.model_repository, transport=self.transport,
                                     embedded=self.embedded)
         try:
@@ -237,7 +245,9 @@ class Session:
         from .pipeline import segment_volume
 
         self.open()
-        return segment_volume(volume, self.config, self.model, **options)
+        if self.model is None:
+            raise ServerError(f"{self.app.name}: no model is open (the session was closed meanwhile).")
+        return segment_volume(volume, self._resolved()[0], self.model, **options)
 
     def close(self) -> None:
         model, backend, self.model, self.backend = self.model, self.backend, None, None

@@ -57,11 +57,12 @@ class Volume:
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.spacing = tuple(float(v) for v in self.spacing)
-        self.origin = tuple(float(v) for v in self.origin)
+        spacing = tuple(float(v) for v in self.spacing)
+        origin = tuple(float(v) for v in self.origin)
         self.direction = tuple(float(v) for v in self.direction)
-        if self.array.ndim not in (3, 4) or len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
+        if self.array.ndim not in (3, 4) or len(spacing) != 3 or len(origin) != 3 or len(self.direction) != 9:
             raise VolumeError(f"{self.name}: a volume needs a 3D array (z, y, x[, c]) and 3D geometry, got {self.array.shape}.")
+        self.spacing, self.origin = spacing, origin
 
     # -- geometry ---------------------------------------------------------------------------
     @property

@@ -300,7 +300,7 @@ def _add_weighted(target: np.ndarray, prediction: np.ndarray, weights: np.ndarra
     Slab by slab through a small scratch buffer, so the product never leaves the CPU caches;
     the float32 arithmetic is the same as the one-line expression, bit for bit.
     """
-    if unit:   # constant blending: x * 1.0 == x, skip the product
+    if unit or weights is None:   # constant blending (no weights): x * 1.0 == x, skip the product
         target += prediction
         return
     if prediction.dtype != np.float32:   # other dtypes: numpy's own promotion rules, as before

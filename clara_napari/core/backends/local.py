@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, ModelMismatchError
+from ..errors import ConfigError, ModelMismatchError, ServerError
 from ..model_repository import ModelSpec, find_model, list_models
-from ..runtimes import default_threads, is_supported_format, open_engine
+from ..runtimes import Engine, default_threads, is_supported_format, open_engine
 from .base import pick_tensor
 
 
@@ -23,18 +23,20 @@ class RuntimeModel:
         self.spec = spec
         self.input = pick_tensor(spec.inputs, input_name, "input", spec.name)
         self.output = pick_tensor(spec.outputs, output_name, "output", spec.name)
-        self.engine = open_engine(model_file, spec.runtime, runtime=runtime, threads=threads,
-                                  preferred=spec.preferred_runtime)
-        if hasattr(self.engine, "bind"):  # TorchScript: positions from the config's names
-            self.engine.bind([t.name for t in spec.inputs], [t.name for t in spec.outputs])
-        if not self.engine.has_input(self.input.name) or not self.engine.has_output(self.output.name):
+        engine = open_engine(model_file, spec.runtime, runtime=runtime, threads=threads,
+                             preferred=spec.preferred_runtime)
+        #: None once closed
+        self.engine: Engine | None = engine
+        if hasattr(engine, "bind"):  # TorchScript: positions from the config's names
+            engine.bind([t.name for t in spec.inputs], [t.name for t in spec.outputs])
+        if not engine.has_input(self.input.name) or not engine.has_output(self.output.name):
             raise ModelMismatchError(
                 f"{model_file}: config.pbtxt names input {self.input.name!r} / output {self.output.name!r}, the "
-                f"model has inputs {sorted(self.engine.input_names)} / outputs {sorted(self.engine.output_names)}.")
+                f"model has inputs {sorted(engine.input_names)} / outputs {sorted(engine.output_names)}.")
         self.max_batch_size = spec.max_batch_size
         self.threads = default_threads(threads)
-        self.runtime = self.engine.runtime
-        self.description = f"local {self.engine.description}"
+        self.runtime = engine.runtime
+        self.description = f"local {engine.description}"
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if self.max_batch_size == 0:
@@ -42,10 +44,13 @@ class RuntimeModel:
         return self._run(batch)
 
     def _run(self, array: np.ndarray) -> np.ndarray:
+        engine = self.engine
+        if engine is None:
+            raise ServerError(f"{self.spec.name}: the model was closed; open it again to predict.")
         feed = np.ascontiguousarray(array, dtype=self.input.dtype)
-        result = self.engine.run({self.input.name: feed}, [self.output.name])[0]
+        result = engine.run({self.input.name: feed}, [self.output.name])[0]
         if self.max_batch_size and (result.ndim == 0 or result.shape[0] != feed.shape[0]):
-            raise ModelMismatchError(f"{self.spec.name}: {self.engine.runtime} returned shape {list(result.shape)} "
+            raise ModelMismatchError(f"{self.spec.name}: {engine.runtime} returned shape {list(result.shape)} "
                                      f"for input shape {list(feed.shape)} (a batch of {feed.shape[0]}).")
         return result
 

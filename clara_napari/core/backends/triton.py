@@ -10,13 +10,16 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ClaraNapariError, ServerError
 from ..model_repository import read_model_config
 from ..triton.address import Address, TransportOptions, parse_address, request_headers
 from ..triton.client import repository_index, server_model_spec, wait_ready, with_client, with_server_key
 from ..triton.model import TritonModel
+
+if TYPE_CHECKING:
+    from ..triton.embedded import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +102,14 @@ class EmbeddedBackend(TritonBackend):
     """A Triton server this package starts (on first use; a run's server loads only the run's model)
     and stops when the backend closes — or one a ``provider`` keeps running (the napari widget's)."""
 
-    def __init__(self, repository: Path | None, *, protocol: str = "http", threads: int | None = None,
+    def __init__(self, repository: Path, *, protocol: str = "http", threads: int | None = None,
                  runtime: str | None = None, provider=None, **options: Any) -> None:
         super().__init__(None, protocol=protocol, **options)
         self.repository = repository
         self.threads = threads
         self.runtime = runtime
         self.provider = provider
-        self.server = None
+        self.server: EmbeddedServer | None = None
         self.version = ""
 
     def server_address(self, model_name: str | None = None) -> Address:

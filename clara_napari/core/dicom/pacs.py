@@ -136,7 +136,7 @@ class Pacs:
                                                        get_remaining=True)
         except Exception as exc:
             raise self._fail(exc, f"listing the instances of series {series}") from exc
-        uids = {_value(item, "00080018") for item in found or []} - {None}
+        uids = {uid for item in found or [] if (uid := _value(item, "00080018")) is not None}
         if len(uids) > MAX_INSTANCES:
             raise PacsError(f"PACS {self.name}: series {series} has {len(uids)} instances, more than the "
                             f"{MAX_INSTANCES} fetched here.")
@@ -231,9 +231,10 @@ def c_store(address: str, path: Path | str, *, calling_aet: str = "CLARA_NAPARI"
     Stored means status 0x0000 and, when the node answers C-FIND (Study Root, IMAGE level), the
     node then finding the instance: some PACS answer success to a store their filters dropped.
     """
+    # pynetdicom makes its SOP class names with globals() at import: its py.typed module does not show them
     import pydicom
     from pynetdicom import AE
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
     aet, host, port = parse_dimse_address(address)
     path = Path(path)
@@ -266,8 +267,9 @@ def c_store(address: str, path: Path | str, *, calling_aet: str = "CLARA_NAPARI"
 
 def _c_find_instance(assoc, ds) -> bool | None:
     """Whether the node finds the instance (C-FIND, IMAGE level); ``None`` when it offers no C-FIND."""
+    # pynetdicom makes its SOP class names with globals() at import: its py.typed module does not show them
     from pydicom.dataset import Dataset
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
     if not any(c.abstract_syntax == StudyRootQueryRetrieveInformationModelFind for c in assoc.accepted_contexts):
         return None

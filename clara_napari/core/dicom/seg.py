@@ -63,7 +63,7 @@ def write_seg(labels: Volume, path: Path | str, segments: list[SegmentInfo], *, 
         values = np.asarray(array, dtype=np.float32)
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
             raise DicomError(f"{path}: a fractional SEG needs probabilities in [0, 1].")
-        pixels = values
+        pixels: np.ndarray = values
     else:
         if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
             raise DicomError(f"{path}: a binary SEG needs whole-number labels, the result holds {array.dtype}.")
@@ -142,6 +142,14 @@ class SegData:
     fractional: bool = False
 
 
+def _lab(value) -> tuple[int, int, int] | None:
+    """A segment's RecommendedDisplayCIELabValue; None (no colour) unless it holds three values (the standard)."""
+    lab = tuple(int(v) for v in value)
+    if len(lab) != 3:
+        return None
+    return lab
+
+
 def _code(item) -> tuple[str, str, str]:
     return (str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning))
 
@@ -182,7 +190,7 @@ def read_seg(path: Path | str, reference: Volume | None = None) -> SegData:
         numbers = [int(_group(f, shared, "SegmentIdentificationSequence").ReferencedSegmentNumber) for f in per_frame]
         segments = []
         for item in ds.SegmentSequence:
-            lab = tuple(int(v) for v in item.RecommendedDisplayCIELabValue) if "RecommendedDisplayCIELabValue" in item else None
+            lab = _lab(item.RecommendedDisplayCIELabValue) if "RecommendedDisplayCIELabValue" in item else None
             algorithm = str(item.SegmentAlgorithmName) if "SegmentAlgorithmName" in item else ""
             segments.append(SegSegment(int(item.SegmentNumber), str(item.SegmentLabel),
                                        _code(item.SegmentedPropertyCategoryCodeSequence[0]),
@@ -203,7 +211,7 @@ def read_seg(path: Path | str, reference: Volume | None = None) -> SegData:
         flat = np.frombuffer(raw, dtype=np.uint8)
     if flat.size < frames * count:
         raise DicomError(f"{path}: the pixel data hold {flat.size} values for {frames} frames of {rows}x{cols}; truncated.")
-    masks = flat[: frames * count].reshape(frames, rows, cols)
+    masks: np.ndarray = flat[: frames * count].reshape(frames, rows, cols)
     if fractional:
         top = float(getattr(ds, "MaximumFractionalValue", 255)) or 255.0
         masks = masks.astype(np.float32) / top >= 0.5

@@ -59,7 +59,7 @@ def source_datasets(volume: Volume) -> list:
     import pydicom
 
     folder = volume.path
-    if not is_dicom_series(folder):
+    if folder is None or not is_dicom_series(folder):
         raise DicomError(f"{volume.name}: a DICOM SEG needs a DICOM series input (it references the source "
                          "instances); this volume was not read from a DICOM series folder.")
     files = series_files(folder)

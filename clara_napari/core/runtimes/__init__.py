@@ -61,11 +61,15 @@ class Engine(Protocol):
     def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, copy: bool = True) -> list[np.ndarray]:
         """Outputs in the order of ``outputs``; ``copy=False`` allows views valid until this thread's next call."""
 
+    def has_input(self, name: str) -> bool: ...
+
+    def has_output(self, name: str) -> bool: ...
+
 
 def installed(runtime: str) -> bool:
     """Whether ``runtime``'s Python package can be imported here (without importing it)."""
     module = _MODULES.get(runtime)
-    return bool(module) and importlib.util.find_spec(module) is not None
+    return module is not None and importlib.util.find_spec(module) is not None
 
 
 def is_supported_format(model_format: str) -> bool:

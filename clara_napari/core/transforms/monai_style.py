@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import field_validator
 
 from ..errors import ConfigError
-from ..geometry import Grid, reorient, resample
+from ..geometry import Grid, float_xyz, int_xyz, reorient, resample
 from .base import TRANSFORMS, Sample
 from .intensity import ScaleIntensityRange
 from .monai_base import MonaiTransform, one_per_key
@@ -135,7 +135,7 @@ class Orientationd(MonaiTransform):
     def __call__(self, sample: Sample) -> None:
         if self.axcodes is None and not self.as_closest_canonical:
             raise ConfigError(f"{self.config_name}: give axcodes (e.g. 'RAS') or as_closest_canonical.")
-        code = "RAS" if self.as_closest_canonical else self.axcodes.upper()
+        code = "RAS" if self.as_closest_canonical or self.axcodes is None else self.axcodes.upper()
         for _, key in self.present(sample):
             array = sample.array(key, self.config_name)
             meta = sample.meta[key]
@@ -234,8 +234,8 @@ class CropForegroundd(MonaiTransform):
 def _cropped(grid: Grid, lo: list[int], hi: list[int]) -> Grid:
     direction = np.asarray(grid.direction, dtype=float).reshape(3, 3)
     offset = direction @ (np.asarray(lo, dtype=float) * np.asarray(grid.spacing, dtype=float))
-    origin = tuple(float(o) for o in np.asarray(grid.origin, dtype=float) + offset)
-    return Grid(tuple(int(b - a) for a, b in zip(lo, hi, strict=True)), grid.spacing, origin, grid.direction)
+    origin = float_xyz(np.asarray(grid.origin, dtype=float) + offset)
+    return Grid(int_xyz(b - a for a, b in zip(lo, hi, strict=True)), grid.spacing, origin, grid.direction)
 
 
 @TRANSFORMS.register("ToTensord", "EnsureTyped", "ToNumpyd")

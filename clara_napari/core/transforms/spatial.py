@@ -192,7 +192,7 @@ class CopyProperties(FieldsMixin, Transform):
                 raise ConfigError(f"{self.config_name}: field {key!r} has size {spatial(array)}, "
                                  f"{self.from_field!r} has {src.grid.size}; resample before copying geometry.")
             meta = sample.meta.get(key, src)
-            updates = {}
+            updates: dict[str, Grid | None] = {}
             if {"affine", "as_canonical", "spacing"} & set(self.properties):
                 updates["grid"] = src.grid
             if {"original_affine", "original_shape", "original_spacing"} & set(self.properties):
