@@ -28,6 +28,7 @@ from clara_napari.core.triton.embedded import EmbeddedServer
 from clara_napari.core.triton.model import TritonModel
 from clara_napari.core.volume import write_volume
 
+from helpers.slow_model import slow_model_program
 from helpers.tiny_app import TINY, small_volume, tiny_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -444,35 +445,16 @@ def test_client_threads_end_with_their_resources():
         workers.call(lambda: None)
 
 
-SLOW_MODEL = '''
-import sys
-sys.path[:0] = {paths!r}
-import time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def execute(self, requests):
-        time.sleep({delay})
-        out = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.concatenate([-x, x], axis=1))]))
-        return out
-'''
-
-
 @pytest.mark.triton
 def test_signal_during_a_long_request(tmp_path):
     """Ctrl-C while every request takes 8 s on the server: the run does not wait for the request
     in flight; exit 130 well before the request would have ended, nothing left behind."""
-    from clara_napari.core.triton.locations import python_paths
     from clara_napari.core.triton.processes import group_members as _group_members
 
     app = tiny_app(tmp_path / "app")
     model = app / "models" / TINY
     (model / "1" / "model.onnx").unlink()
-    (model / "1" / "model.py").write_text(SLOW_MODEL.format(paths=python_paths(), delay=8))
+    (model / "1" / "model.py").write_text(slow_model_program(8, "np.concatenate([-x, x], axis=1)"))
     (model / "config.pbtxt").write_text((model / "config.pbtxt").read_text().replace(
         'platform: "onnxruntime_onnx"', 'backend: "python"'))
     inputs = tmp_path / "in"

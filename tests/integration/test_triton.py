@@ -20,32 +20,17 @@ from clara_napari.core.errors import ModelMismatchError, ServerError
 from clara_napari.core.model_repository import read_model_config
 from clara_napari.core.triton.address import TransportOptions, parse_address
 from clara_napari.core.triton.embedded import EmbeddedServer
-from clara_napari.core.triton.locations import python_paths
 from clara_napari.core.triton.model import TritonModel
 from clara_napari.core.triton.processes import group_members as _group_members
 from clara_napari.core.windows import sliding_window
+
+from helpers.slow_model import slow_model_program
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = DATA_ROOT / "sample_data" / "models"
 BRAIN = "deepbet_brain_t1"
 
-SLOW_MODEL = '''
-import sys
-sys.path[:0] = {paths!r}
-import time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def execute(self, requests):
-        time.sleep({delay})
-        out = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", (x * 2).astype(np.float32))]))
-        return out
-'''
 SLOW_CONFIG = '''
 name: "slow_double"
 backend: "python"
@@ -212,7 +197,7 @@ def slow_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("slow_repo")
     (repo / "slow_double" / "1").mkdir(parents=True)
     (repo / "slow_double" / "config.pbtxt").write_text(SLOW_CONFIG.format())
-    (repo / "slow_double" / "1" / "model.py").write_text(SLOW_MODEL.format(paths=python_paths(), delay=1.5))
+    (repo / "slow_double" / "1" / "model.py").write_text(slow_model_program(1.5))
     extra = ["--http-restricted-api=shared-memory:clara-key=secret",
              "--grpc-restricted-protocol=shared-memory:clara-key=secret"]
     with EmbeddedServer(repo, extra_args=extra) as srv:
