@@ -269,6 +269,21 @@ def test_openvino_refuses_a_window_the_network_cannot_take():
         model.predict(np.zeros((1, 1, 40, 32, 32), np.float32))
 
 
+def test_openvino_never_answers_a_shape_it_cannot_take_with_an_earlier_result():
+    """After a good call, a window side deepbet cannot take (40, 48, 33) used to come back with the
+    previous call's output (no error), and its writes corrupted memory: a later call in the same
+    process crashed. Refused before the compiled model runs, every time; good shapes still run."""
+    model = LocalBackend(threads=1, runtime="openvino").open(MODELS, BRAIN)
+    rng = np.random.default_rng(5)
+    good = rng.random((2, 1, 32, 64, 32), dtype=np.float32)
+    first = model.predict(good)
+    for side in (40, 48, 33, 40):
+        with pytest.raises(ModelMismatchError, match=rf"\[1, 1, {side}, 32, 32\]"):
+            model.predict(np.zeros((1, 1, side, 32, 32), np.float32))
+    np.testing.assert_array_equal(model.predict(good), first)
+    assert model.predict(np.zeros((1, 1, 64, 64, 64), np.float32)).shape == (1, 2, 64, 64, 64)
+
+
 # -- the same formats through the real embedded Triton server ------------------------------------
 @pytest.mark.triton
 @pytest.mark.parametrize("runtime", [None, "onnxruntime"])

@@ -64,7 +64,7 @@ def test_window_size_suits_the_model(app96, model_repository):
         assert out.shape == (2, 2, 32, 64, 32) and out.dtype == np.float32
         # channel 0/1 are probabilities of background/brain
         np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-4)
-        with pytest.raises(ModelMismatchError, match=r"input shape \[1, 1, 40, 32, 32\]"):
+        with pytest.raises(ModelMismatchError, match=r"input shapes? \[+1, 1, 40, 32, 32\]"):
             model.predict(np.zeros((1, 1, 40, 32, 32), np.float32))
     finally:
         model.close()

@@ -112,6 +112,8 @@ class OpenVinoEngine:
             raise ConfigError(f"{model_file}: the OpenVINO model has no weights file {model_file.with_suffix('.bin').name}.")
         try:
             ov_core = core()
+            # the network itself, for shape inference (see :meth:`_expected_outputs`)
+            self._network = ov_core.read_model(str(model_file))
             with cache_lock():
                 self.compiled = ov_core.compile_model(str(model_file), "CPU", compile_options(threads))
         except Exception as exc:  # OpenVINO raises RuntimeError with a long report
@@ -136,6 +138,35 @@ class OpenVinoEngine:
         # GIL at the same guard); with the latency hint there is one stream, so requests run one
         # at a time anyway: the lock costs no throughput, the caller's stitching still overlaps
         self._lock = threading.Lock()
+        #: input shapes → the output shapes the network gives for them, or why it cannot take them
+        self._shapes: dict[tuple, dict[str, tuple[int, ...]] | str] = {}
+
+    def _expected_outputs(self, feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:  # with self._lock held
+        """The output shapes for these input shapes, from OpenVINO's shape inference on the network.
+
+        OpenVINO's CPU plugin does not refuse every input shape the network cannot take: for some
+        (deepbet with a window side of 40) it answered with the previous call's outputs, and its
+        writes for such shapes corrupted memory (a later call in the same process crashed). Shape
+        inference on the uncompiled network refuses them (~10 ms, once per shape), before the
+        compiled model sees them.
+        """
+        key = tuple(sorted((name, tuple(array.shape)) for name, array in feed.items()))
+        known = self._shapes.get(key)
+        if known is None:
+            try:
+                self._network.reshape({name: list(shape) for name, shape in key})
+                known = {name: tuple(port.get_partial_shape().to_shape())
+                         for port in self._network.outputs for name in port.get_names()
+                         if port.get_partial_shape().is_static}
+            except RuntimeError as exc:   # OpenVINO's shape inference reports a conflict as RuntimeError
+                from ..errors import first_line
+
+                known = first_line(exc, 300)
+            self._shapes[key] = known
+        if isinstance(known, str):
+            raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "
+                                     f"{[list(shape) for _, shape in key]} ({known}).")
+        return known
 
     def has_input(self, name: str) -> bool:
         return ("in", name) in self._ports
@@ -152,8 +183,10 @@ class OpenVinoEngine:
     def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, copy: bool = True) -> list[np.ndarray]:
         """``copy=False``: views of this thread's output buffers, valid until its next call (for a
         caller that copies them at once, like the Triton model program writing its response)."""
-        feed = {self._ports[("in", name)]: np.ascontiguousarray(array) for name, array in inputs.items()}
+        arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
+        feed = {self._ports[("in", name)]: array for name, array in arrays.items()}
         with self._lock:
+            expected = self._expected_outputs(arrays)
             request = self._request()
             try:
                 request.infer(feed, share_inputs=True, share_outputs=True)
@@ -164,6 +197,11 @@ class OpenVinoEngine:
                                          f"{[list(a.shape) for a in inputs.values()]} ({first_line(exc, 300)}).") from exc
             # the request reuses its output buffers on the next call: hand out copies unless told
             results = [np.array(request.get_tensor(self._ports[("out", name)]).data, copy=copy) for name in outputs]
+        for name, result in zip(outputs, results, strict=True):
+            if name in expected and tuple(result.shape) != expected[name]:   # never a stale or partial buffer
+                raise ModelMismatchError(f"{self.model_file}: OpenVINO returned output {name!r} of shape "
+                                         f"{list(result.shape)}, the network gives {list(expected[name])} for input "
+                                         f"shapes {[list(a.shape) for a in arrays.values()]}.")
         if any(r.size == 0 for r in results) and all(a.size for a in inputs.values()):
             # OpenVINO's CPU plugin answers some shapes the network cannot take with empty outputs
             raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "
