@@ -25,14 +25,11 @@ system-deps:
 sample: $(STAMP)
 	$(VENV)/bin/clara-napari sample --output out
 
-# Three processes: the OpenVINO runtime tests segfaulted inside OpenVINO's infer when they ran after
-# the rest of the suite in one process (never alone; cause not found yet), and the wheel tests
-# (build, resolve, install in a fresh venv) are independent of the rest.
-# Everything: the three lanes tests/unit, tests/integration (real Triton, PACS, CLI processes, Dask,
-# wheels) and tests/gui (a napari viewer; Xvfb started by the tests when there is no display).
+# Everything: the three lanes tests/unit, tests/integration (real Triton, PACS, CLI processes, Dask)
+# and tests/gui (a napari viewer; Xvfb started by the tests when there is no display) in one process;
+# the wheel tests (build, resolve, install in a fresh venv outside the checkout) in a second one.
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q --ignore=tests/integration/test_runtimes.py --ignore=tests/integration/test_packaging.py
-	$(PY) -m pytest -q tests/integration/test_runtimes.py
+	$(PY) -m pytest -q --ignore=tests/integration/test_packaging.py
 	$(PY) -m pytest -q tests/integration/test_packaging.py
 
 # The unit lane: no Triton server, no display, no PACS, no wheel build (under a minute).
