@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: set to a folder to move OpenVINO's model cache, or to "off" to disable it
 CACHE_ENV = "CLARA_NAPARI_OPENVINO_CACHE"
+#: input shapes whose verdict (output shapes, or why not) an engine remembers
+MAX_KNOWN_SHAPES = 256
 
 
 def cache_dir() -> Path | None:
@@ -162,6 +164,8 @@ class OpenVinoEngine:
                 from ..errors import first_line
 
                 known = first_line(exc, 300)
+            if len(self._shapes) >= MAX_KNOWN_SHAPES:   # a client sending ever new shapes gains no memory
+                self._shapes.clear()
             self._shapes[key] = known
         if isinstance(known, str):
             raise ModelMismatchError(f"{self.model_file}: OpenVINO cannot run the model on input shapes "
